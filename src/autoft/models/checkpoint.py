@@ -1,0 +1,78 @@
+"""Checkpoints in safe formats: safetensors for weights, weights_only torch.load for the rest.
+
+Nothing here unpickles arbitrary objects. A saved classifier is a folder with ``model.safetensors``
+and ``model_card.json`` (model config name, class names, templates, head mode, provenance).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from autoft.storage import atomic_path, atomic_write_text
+
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "model_card.json"
+CARD_SCHEMA = "autoft.model_card/v1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt or does not fit the model; the message names the file."""
+
+
+def save_state_dict(state: dict[str, torch.Tensor], path: Path) -> Path:
+    # Clone to break storage sharing (safetensors refuses shared tensors) and move to CPU.
+    tensors = {key: value.detach().to("cpu").contiguous().clone() for key, value in state.items()}
+    with atomic_path(Path(path)) as tmp:
+        save_file(tensors, str(tmp))
+    return Path(path)
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load weights from .safetensors, or a torch state dict with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as error:
+        raise CheckpointError(
+            f"corrupt or unsafe checkpoint {path}: {error}. Re-create it, or convert it to .safetensors"
+        ) from None
+    except Exception as error:  # noqa: BLE001 - pickle errors have many types; all mean the same to a user
+        raise CheckpointError(f"cannot read checkpoint {path} safely: {error}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    # Checkpoints saved from DataParallel/DDP prefix keys with 'module.'.
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def save_classifier(folder: Path, state: dict[str, torch.Tensor], card: dict[str, Any]) -> Path:
+    """Write weights and model card; the card is written last so its presence marks completeness."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_state_dict(state, folder / WEIGHTS_FILE)
+    atomic_write_text(folder / CARD_FILE, json.dumps({"schema": CARD_SCHEMA, **card}, indent=2))
+    return folder
+
+
+def read_model_card(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / CARD_FILE
+    if not path.is_file():
+        raise CheckpointError(f"no {CARD_FILE} in {folder}: not a saved AutoFT model (or an incomplete save)")
+    try:
+        card = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"corrupt model card {path}: {error}") from None
+    if card.get("schema") != CARD_SCHEMA:
+        raise CheckpointError(f"{path}: unknown model card schema {card.get('schema')!r}, expected {CARD_SCHEMA}")
+    return card

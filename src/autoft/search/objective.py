@@ -1,0 +1,107 @@
+"""One AutoFT trial: reset to zero-shot, take inner steps with the trial's phi, score OOD-val."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import optuna
+import torch
+
+from autoft.data.base import LabeledImages
+from autoft.data.loaders import BatchStream
+from autoft.evaluate import metric_value, predict
+from autoft.models.classifier import CLIPClassifier
+from autoft.search.space import SearchSpace
+from autoft.train import inner_loop
+
+OOD_VAL_ATTR = "ood_val"
+
+
+class TrialObjective:
+    """Callable for ``study.optimize``; holds everything that persists across trials.
+
+    The zero-shot weights are cached once as a state dict (a clone) and loaded in place per trial;
+    the ID batch stream persists across trials; OOD-val is the WHOLE subset with the EVAL transform.
+    """
+
+    def __init__(
+        self,
+        model: CLIPClassifier,
+        space: SearchSpace,
+        stream: BatchStream,
+        ood_val: LabeledImages,
+        eval_transform: Callable,
+        *,
+        metric: str,
+        inner_steps: int,
+        device: torch.device,
+        dcm_sign: str = "reference",
+        pruning: bool = False,
+        prune_reports: int = 4,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        on_trial_end: Callable[[optuna.Trial, float], None] | None = None,
+    ) -> None:
+        if len(ood_val) == 0:
+            raise ValueError("the OOD-val subset is empty; the search has nothing to score")
+        if ood_val.class_names != model.class_names:
+            raise ValueError(
+                f"class mismatch: the head has {model.num_classes} classes, OOD-val {len(ood_val.class_names)}"
+            )
+        self.model = model
+        self.zeroshot_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.space = space
+        self.stream = stream
+        self.ood_val = ood_val
+        self.eval_transform = eval_transform
+        self.metric = metric
+        self.inner_steps = inner_steps
+        self.device = device
+        self.dcm_sign = dcm_sign
+        self.pruning = pruning
+        self.report_every = max(inner_steps // prune_reports, 1)
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.on_trial_end = on_trial_end
+
+    def score(self) -> float:
+        self.model.prepare_for_eval()
+        predictions = predict(
+            self.model,
+            self.ood_val,
+            self.eval_transform,
+            batch_size=self.eval_batch_size,
+            device=self.device,
+            num_workers=self.num_workers,
+        )
+        return metric_value(self.metric, predictions)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        hparams = self.space.sample(trial)
+        if hparams.seed is not None:
+            torch.manual_seed(hparams.seed)
+
+        def report(step: int) -> None:
+            if step % self.report_every == 0 and step < self.inner_steps:
+                trial.report(self.score(), step)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at inner step {step}")
+
+        inner_loop(
+            self.model,
+            self.zeroshot_state,
+            hparams,
+            self.stream,
+            self.inner_steps,
+            device=self.device,
+            dcm_sign=self.dcm_sign,
+            on_step=report if self.pruning else None,
+        )
+        value = self.score()
+        if not math.isfinite(value):
+            return math.nan  # Optuna marks the trial FAIL and the study goes on
+        trial.set_user_attr(OOD_VAL_ATTR, value)
+        if self.on_trial_end is not None:
+            self.on_trial_end(trial, value)
+        return value
