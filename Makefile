@@ -36,3 +36,5 @@ format: setup  ## apply ruff fixes and formatting
 
 clean:  ## remove the venv and caches (keeps runs/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# ---- cluster side: manifests and images (see README "Deploy the cluster side") ----
