@@ -1,0 +1,240 @@
+"""results.json (schema ``autoft.results/v1``), a Markdown/HTML report and its plots."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: reports are rendered in containers and CI
+import matplotlib.pyplot as plt
+
+from autoft.methods import base_of, is_wiseft
+from autoft.storage import atomic_path, atomic_write_text
+
+RESULTS_SCHEMA = "autoft.results/v1"
+
+
+def assemble_results(
+    *,
+    preset: str,
+    metric: str,
+    ood_val_set: str,
+    ood_tests: list[str],
+    methods: list[str],
+    evals: dict[str, dict[str, Any]],
+    searches: dict[str, dict[str, Any]],
+    finetunes: dict[str, dict[str, Any]],
+    timing_s: dict[str, float],
+    ood_val_indices_hash: str = "",
+) -> dict[str, Any]:
+    """Collect per-eval-set outputs into the results schema (fractions in [0, 1])."""
+    missing = [name for name in ("id_val", "id_test", *ood_tests) if name not in evals]
+    if missing:
+        raise ValueError(f"cannot assemble results: no evaluation of {missing}")
+    table: dict[str, Any] = {}
+    for method in methods:
+        ood = {shift: evals[shift]["models"][method]["value"] for shift in ood_tests}
+        finetune = finetunes.get(base_of(method), {})
+        hparams = finetune.get("hparams") or searches.get(method, {}).get("hparams") or {}
+        table[method] = {
+            "id_val": evals["id_val"]["models"][method]["value"],
+            "id_test": evals["id_test"]["models"][method]["value"],
+            "ood": ood,
+            "ood_avg": sum(ood.values()) / len(ood) if ood else None,
+            "hparams": hparams,
+            "wiseft_alpha": finetune.get("wiseft", {}).get("best_alpha") if is_wiseft(method) else None,
+        }
+    curves: dict[str, Any] = {}
+    for method in finetunes:
+        if method not in evals["id_test"].get("wiseft_curves", {}):
+            continue
+        alphas = sorted(evals["id_test"]["wiseft_curves"][method], key=float)
+        curves[method] = {
+            alpha: {
+                "id_test": evals["id_test"]["wiseft_curves"][method][alpha],
+                "ood_avg": sum(evals[s]["wiseft_curves"][method][alpha] for s in ood_tests) / max(len(ood_tests), 1),
+            }
+            for alpha in alphas
+        }
+    return {
+        "schema": RESULTS_SCHEMA,
+        "preset": preset,
+        "metric": metric,
+        "ood_val_set": ood_val_set,
+        "ood_val_indices_hash": ood_val_indices_hash,
+        "methods": table,
+        "search": {
+            method: {
+                "trials_complete": info["trials_complete"],
+                "best_value": info["best_value"],
+                "storage": info["storage"],
+            }
+            for method, info in searches.items()
+        },
+        "wiseft_curves": curves,
+        "timing_s": timing_s,
+    }
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The results as a Markdown table (percentages), methods in run order."""
+    shifts = list(next(iter(results["methods"].values()))["ood"]) if results["methods"] else []
+    header = ["method", "ID val", "ID test", *shifts, "OOD avg"]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, row in results["methods"].items():
+        cells = [row["id_val"], row["id_test"], *(row["ood"][s] for s in shifts), row["ood_avg"]]
+        rows.append("| " + " | ".join([method, *(f"{100 * v:.1f}" for v in cells)]) + " |")
+    return "\n".join(rows)
+
+
+def _save_figure(fig: plt.Figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_id_vs_ood(results: dict[str, Any], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    for method, curve in results.get("wiseft_curves", {}).items():
+        xs = [100 * p["id_test"] for p in curve.values()]
+        ys = [100 * p["ood_avg"] for p in curve.values()]
+        ax.plot(xs, ys, "-", alpha=0.5, label=f"{method} WiSE-FT (alpha 0..1)")
+    for method, row in results["methods"].items():
+        ax.scatter(100 * row["id_test"], 100 * row["ood_avg"], s=45, zorder=3)
+        ax.annotate(method, (100 * row["id_test"], 100 * row["ood_avg"]), fontsize=8, xytext=(4, 3),
+                    textcoords="offset points")
+    ax.set_xlabel(f"ID test {results['metric']} (%)")
+    ax.set_ylabel(f"OOD average {results['metric']} (%)")
+    ax.set_title("ID vs OOD: every method, with WiSE-FT curves")
+    ax.grid(alpha=0.3)
+    if results.get("wiseft_curves"):
+        ax.legend(fontsize=7, loc="best")
+    _save_figure(fig, path)
+    return path
+
+
+def plot_search_history(trials_by_method: dict[str, list[dict[str, Any]]], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for method, trials in trials_by_method.items():
+        done = [t for t in trials if t["state"] == "COMPLETE" and t["value"] is not None]
+        if not done:
+            continue
+        numbers = [t["number"] for t in done]
+        values = [t["value"] for t in done]
+        best = [max(values[: i + 1]) for i in range(len(values))]
+        line = ax.plot(numbers, best, "-", label=f"{method} best so far")[0]
+        ax.scatter(numbers, values, s=12, alpha=0.5, color=line.get_color())
+    ax.set_xlabel("trial")
+    ax.set_ylabel("search objective")
+    ax.set_title("Search history")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    _save_figure(fig, path)
+    return path
+
+
+def _hparams_lines(results: dict[str, Any]) -> list[str]:
+    lines = []
+    for method, row in results["methods"].items():
+        hp = row["hparams"]
+        if not hp:
+            continue
+        weights = ", ".join(f"{k}={v:.3g}" for k, v in hp.get("weights", {}).items())
+        alpha = f", WiSE-FT alpha={row['wiseft_alpha']}" if row["wiseft_alpha"] is not None else ""
+        lines.append(
+            f"- **{method}**: lr={hp['lr']:.3g}, weight decay={hp['weight_decay']:.3g}; weights: {weights}{alpha}"
+        )
+    return lines
+
+
+def write_report(
+    results: dict[str, Any], trials_by_method: dict[str, list[dict[str, Any]]], out_dir: Path
+) -> dict[str, Path]:
+    """Write results.json, report.md, report.html and plots/ into ``out_dir``."""
+    out_dir = Path(out_dir)
+    plots = out_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    scatter = plot_id_vs_ood(results, plots / "id_vs_ood.png")
+    history = plot_search_history(trials_by_method, plots / "search_history.png")
+    search_lines = [
+        f"- **{m}**: {s['trials_complete']} trials, best objective {s['best_value']:.4f} (storage `{s['storage']}`)"
+        for m, s in results["search"].items()
+    ]
+    timing = ", ".join(f"{k} {v:.0f} s" for k, v in results["timing_s"].items())
+    markdown = "\n".join(
+        [
+            f"# AutoFT report: preset `{results['preset']}`",
+            "",
+            f"Metric: **{results['metric']}** (percent). OOD-val set used by the AutoFT search: "
+            f"**{results['ood_val_set']}**. OOD avg = mean over the OOD test shifts.",
+            "",
+            format_table(results),
+            "",
+            "## Chosen hyperparameters",
+            *_hparams_lines(results),
+            "",
+            "## Search",
+            *search_lines,
+            "",
+            "## Plots",
+            f"![ID vs OOD]({scatter.relative_to(out_dir)})",
+            "",
+            f"![Search history]({history.relative_to(out_dir)})",
+            "",
+            f"Timing: {timing}",
+            "",
+        ]
+    )
+    paths = {
+        "results": atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1)),
+        "markdown": atomic_write_text(out_dir / "report.md", markdown),
+        "html": atomic_write_text(out_dir / "report.html", markdown_to_html(markdown, out_dir)),
+        "id_vs_ood": scatter,
+        "search_history": history,
+    }
+    return paths
+
+
+def markdown_to_html(markdown: str, base: Path) -> str:
+    """A small rendering of the report's Markdown subset; images are embedded so the page stands alone
+    (the Kubeflow UI shows an HTML artifact without its sibling files)."""
+    body, in_table = [], False
+    for line in markdown.splitlines():
+        if line.startswith("|") and "---" not in line:
+            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
+            tag = "th" if not in_table else "td"
+            if not in_table:
+                body.append("<table>")
+                in_table = True
+            body.append("<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
+            continue
+        if "---" in line and line.startswith("|"):
+            continue
+        if in_table:
+            body.append("</table>")
+            in_table = False
+        if line.startswith("# "):
+            body.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.startswith("## "):
+            body.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.startswith("!["):
+            alt, _, src = line[2:].partition("](")
+            data = base64.b64encode((base / src.rstrip(")")).read_bytes()).decode()
+            body.append(f'<p><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></p>')
+        elif line.startswith("- "):
+            body.append(f"<li>{html.escape(line[2:])}</li>")
+        elif line.strip():
+            body.append(f"<p>{html.escape(line)}</p>")
+    if in_table:
+        body.append("</table>")
+    style = (
+        "body{font-family:sans-serif;max-width:60em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}"
+    )
+    head = f"<head><meta charset='utf-8'><style>{style}</style></head>"
+    return f"<!doctype html><html>{head}<body>{''.join(body)}</body></html>"
