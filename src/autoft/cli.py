@@ -314,7 +314,7 @@ def _extensions() -> list[Callable[[argparse._SubParsersAction], None]]:
         try:
             module = __import__(module_name, fromlist=["register"])
         except ModuleNotFoundError as error:
-            if error.name != module_name:
+            if error.name not in (module_name, module_name.split(".")[0]):
                 raise
             continue
         found.append(module.register)
