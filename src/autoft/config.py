@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -100,7 +101,7 @@ class EvalSetConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    dataset: Literal["digits", "iwildcam", "fmow", "imagenet", "cifar10", "folder", "csv"] = "digits"
+    dataset: str = Field("digits", description="a registered dataset builder (see `autoft.data.registry`)")
     root: str = Field("", description="dataset root (local path or gs://); '' = the built-in cache")
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(256, ge=1)
@@ -110,6 +111,16 @@ class DataConfig(_Strict):
     options: dict[str, Any] = Field(
         default_factory=dict, description="dataset-specific options (shift families, severities, ...)"
     )
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        from autoft.data.registry import known_datasets  # lazy: builders import this module
+
+        known = known_datasets()
+        if value not in known:
+            raise ValueError(f"unknown dataset {value!r}; allowed: {known}")
+        return value
 
 
 class SearchConfig(_Strict):
@@ -225,9 +236,16 @@ def _format_error(error: ValidationError) -> str:
     return "invalid configuration:\n" + "\n".join(lines)
 
 
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _parse_scalar(text: str) -> Any:
     """Parse an override value with YAML rules, so `--set a=1e-5` is a float and `b=[x,y]` a list."""
-    return yaml.safe_load(text) if text.strip() else ""
+    value = yaml.safe_load(text) if text.strip() else ""
+    # YAML 1.1 (PyYAML) reads exponents without a dot, such as 1e-5, as strings.
+    if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+        return float(value)
+    return value
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -59,6 +59,11 @@ def get_builder(name: str) -> Builder:
     return _BUILDERS[name]
 
 
+def known_datasets() -> list[str]:
+    _import_builtin_builders()
+    return sorted(_BUILDERS)
+
+
 def _import_builtin_builders() -> None:
     # Builders register on import; importing here keeps heavy optional imports (wilds) lazy.
     import importlib

@@ -6,6 +6,9 @@ the built-in benchmark use the same code path as ViT-B/16 from a real hub.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,17 @@ class ClipBundle:
     image: ImageSpec
     model_name: str
     context_length: int
+
+
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def available_models() -> list[str]:
@@ -77,7 +91,9 @@ def create_clip(
         # An open_clip hub tag such as 'openai': open_clip downloads (or reads its cache).
         model = open_clip.create_model(model_name, pretrained=pretrained, device=device)
     else:
-        model = open_clip.create_model(model_name, pretrained=None, device=device)
+        # open_clip warns "No pretrained weights loaded" here; we load (or deliberately skip) them ourselves.
+        with _quiet_root_logger():
+            model = open_clip.create_model(model_name, pretrained=None, device=device)
         if weights is not None:
             state = load_state_dict_file(weights)
             missing, unexpected = model.load_state_dict(state, strict=False)
