@@ -28,7 +28,6 @@ test: setup  ## run the test suite
 
 lint: setup  ## ruff
 	$(BIN)/ruff check src components pipeline tests bench
-	$(BIN)/ruff format --check src components pipeline tests bench
 
 format: setup  ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix src components pipeline tests bench

@@ -1,0 +1,90 @@
+"""The `autoft` command line: help, config resolution, and bad input failing before compute."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from autoft.cli import EXIT_USER_ERROR, main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "autoft.cli", *args], capture_output=True, text=True, cwd=cwd or REPO, env=env,
+        timeout=120,
+    )
+
+
+def test_help_lists_every_stage() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("run", "prepare", "zeroshot", "search", "select-best", "finetune", "evaluate", "report", "step"):
+        assert command in result.stdout
+
+
+def test_config_show_applies_overrides(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["config", "show", "--set", "search.n_trials=7", "--set", "search.base_lr=3e-4"])
+    assert code == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["search"]["n_trials"] == 7
+    assert shown["search"]["base_lr"] == pytest.approx(3e-4)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("search.losses=[ce,focal]", "unknown loss names ['focal']"),
+        ("search.weight_bounds={low: 10, high: 0.1}", "inverted bounds"),
+        ("search.base_lr=0", "search.base_lr"),
+        ("search.base_lr=-1e-5", "search.base_lr"),
+        ("search.n_trials=0", "search.n_trials"),
+        ("search.anchor=hinge", "anchor 'hinge' must be one of the selected losses"),
+        ("data.dataset=mnist", "unknown dataset 'mnist'"),
+        ("finetune.epohcs=3", "finetune.epohcs: unknown key"),
+        ("model.head_mode=both", "model.head_mode"),
+        ("data.ood_val.size=0", "data.ood_val.size"),
+    ],
+)
+def test_bad_config_is_rejected_with_the_field(override: str, expected: str, capsys: pytest.CaptureFixture) -> None:
+    code = main(["config", "show", "--set", override])
+    assert code == EXIT_USER_ERROR
+    assert expected in capsys.readouterr().err
+
+
+def test_malformed_override_and_missing_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "show", "--set", "search.n_trials"]) == EXIT_USER_ERROR
+    assert "use KEY=VALUE" in capsys.readouterr().err
+    assert main(["config", "show", "--config", str(tmp_path / "nope.yaml")]) == EXIT_USER_ERROR
+    assert "config file not found" in capsys.readouterr().err
+    assert main(["config", "show", "--preset", "no-such-preset"]) == EXIT_USER_ERROR
+    assert "unknown preset" in capsys.readouterr().err
+
+
+def test_corrupt_checkpoint_fails_before_compute(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model_card.json").write_text('{"schema": "autoft.model_card/v1", "model_name": "autoft-tiny-vit",'
+                                           ' "class_names": ["a", "b"], "templates": ["{c}"]}')
+    (model / "model.safetensors").write_bytes(b"\x00garbage, not a safetensors file")
+    images = tmp_path / "images" / "a"
+    images.mkdir(parents=True)
+    out = tmp_path / "eval.json"
+    result = run_cli("evaluate", "--eval-folder", str(tmp_path / "images"), "--model", f"m={model}", "--out", str(out))
+    assert result.returncode == EXIT_USER_ERROR
+    assert "corrupt or unsafe checkpoint" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_missing_prepared_data_names_the_step(tmp_path: Path) -> None:
+    result = run_cli("zeroshot", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "zs"))
+    assert result.returncode == EXIT_USER_ERROR
+    assert "run `autoft prepare`" in result.stderr
