@@ -37,3 +37,103 @@ clean:  ## remove the venv and caches (keeps runs/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
 # ---- cluster side: manifests and images (see README "Deploy the cluster side") ----
+# Owned by the cluster-side work (manifests/, images/, docs/deploy.md). `make lint-manifests` runs in
+# `make test`; `make wheelhouse` and `make images` (or `make images-offline`) build the container images.
+TOOLS_VENV := .venv-tools
+TOOLS_BIN := $(TOOLS_VENV)/bin
+TOOLS_STAMP := $(TOOLS_VENV)/.installed
+KUBECTL ?= kubectl
+# Kubernetes API versions the rendered overlays must validate against (schemas ship inside
+# kubernetes-validate, so this works offline).
+KUBE_VERSIONS ?= 1.32.0 1.35.0
+OVERLAYS := local gke kubeflow-profile
+LINT_DIR := build/lint
+DOCKER ?= docker
+BASE_IMAGE ?= python:3.11-slim-bookworm
+OFFLINE_BASE_IMAGE ?= autoft-python-base:3.11-bookworm
+PROJECT_VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
+IMAGE_TAG ?= $(PROJECT_VERSION)
+# e.g. europe-west4-docker.pkg.dev/PROJECT/autoft: images are then also tagged (and pushed) there.
+IMAGE_REGISTRY ?=
+IMAGES := services step
+WHEELHOUSE := wheelhouse
+IMAGE_CONTEXT := build/image-context
+
+.PHONY: lint-manifests wheelhouse images images-offline offline-base-image push-images clean-cluster
+
+test: lint-manifests
+
+# Tools in their own venv: checkov's dependencies conflict with the project's pins.
+$(TOOLS_STAMP): manifests/lint-tools/requirements.txt manifests/lint-tools/constraints.txt
+	rm -rf $(TOOLS_VENV)
+	$(PYTHON) -m venv $(TOOLS_VENV)
+	echo '*' > $(TOOLS_VENV)/.gitignore
+	$(TOOLS_BIN)/pip install --quiet -r manifests/lint-tools/requirements.txt -c manifests/lint-tools/constraints.txt
+	touch $@
+
+lint-manifests: $(TOOLS_STAMP)  ## kustomize + kubernetes-validate --strict, yamllint, checkov, hadolint, shellcheck
+	@set -euo pipefail; \
+	rm -rf $(LINT_DIR); mkdir -p $(LINT_DIR); \
+	cp -r manifests $(LINT_DIR)/manifests; \
+	: "render with the committed *.env.example values, never with real (git-ignored) secret files"; \
+	find $(LINT_DIR)/manifests -name '*.env' -delete; \
+	for example in $$(find $(LINT_DIR)/manifests -name '*.env.example'); do cp "$$example" "$${example%.example}"; done; \
+	for overlay in $(OVERLAYS); do \
+	  for version in $(KUBE_VERSIONS); do \
+	    echo ">> kubectl kustomize manifests/overlays/$$overlay | kubernetes-validate --strict -k $$version -"; \
+	    $(KUBECTL) kustomize $(LINT_DIR)/manifests/overlays/$$overlay \
+	      | $(TOOLS_BIN)/kubernetes-validate --strict --quiet -k $$version - | tee $(LINT_DIR)/validate.log; \
+	    if [ -s $(LINT_DIR)/validate.log ]; then echo "kubernetes-validate: findings above (WARN = unknown kind)" >&2; exit 1; fi; \
+	  done; \
+	  $(KUBECTL) kustomize $(LINT_DIR)/manifests/overlays/$$overlay > $(LINT_DIR)/$$overlay.yaml; \
+	done
+	$(TOOLS_BIN)/yamllint --strict -c .yamllint manifests .yamllint .checkov.yaml .hadolint.yaml
+	$(TOOLS_BIN)/hadolint --config .hadolint.yaml images/*/Dockerfile
+	$(TOOLS_BIN)/shellcheck images/*.sh manifests/base/postgres/initdb/*.sh
+	$(TOOLS_BIN)/checkov --config-file .checkov.yaml \
+	  $(foreach overlay,$(OVERLAYS),-f $(LINT_DIR)/$(overlay).yaml) $(foreach file,$(wildcard images/*/Dockerfile),-f $(file))
+	@echo "lint-manifests: all checks passed"
+
+# Every pinned wheel, built on the host (some pins are sdists only, e.g. kfp-server-api), so image
+# builds install with --no-index and need no network. Uses the project venv's Python 3.11 (the wheels
+# must match the image's python), creating the venv only when it does not exist yet.
+$(WHEELHOUSE)/.complete: constraints.txt
+	test -x $(BIN)/python || $(MAKE) setup
+	$(BIN)/python -m pip wheel --quiet -r constraints.txt -w $(WHEELHOUSE)
+	touch $@
+
+wheelhouse: $(WHEELHOUSE)/.complete  ## all pinned wheels + the project wheel in wheelhouse/ (for offline image builds)
+	rm -f $(WHEELHOUSE)/autoft_pipelines-*.whl
+	$(BIN)/python -m pip wheel --quiet --no-deps -w $(WHEELHOUSE) .
+
+images: wheelhouse  ## build autoft-services and autoft-step (BASE_IMAGE=..., IMAGE_REGISTRY=..., IMAGE_TAG=...)
+	rm -rf $(IMAGE_CONTEXT)
+	mkdir -p $(IMAGE_CONTEXT)/images/services
+	cp -al $(WHEELHOUSE) $(IMAGE_CONTEXT)/wheelhouse 2>/dev/null || cp -a $(WHEELHOUSE) $(IMAGE_CONTEXT)/wheelhouse
+	cp constraints.txt $(IMAGE_CONTEXT)/
+	cp images/services/requirements.txt $(IMAGE_CONTEXT)/images/services/
+	@set -euo pipefail; for image in $(IMAGES); do \
+	  echo ">> autoft-$$image:$(IMAGE_TAG) on $(BASE_IMAGE)"; \
+	  start=$$(date +%s); \
+	  $(DOCKER) build --network none -f images/$$image/Dockerfile \
+	    --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg PROJECT_VERSION=$(PROJECT_VERSION) \
+	    --build-arg VCS_REF=$$(git rev-parse --short HEAD) --build-arg BUILD_DATE=$$(date -u +%Y-%m-%dT%H:%M:%SZ) \
+	    -t autoft-$$image:$(IMAGE_TAG) $(if $(IMAGE_REGISTRY),-t $(IMAGE_REGISTRY)/autoft-$$image:$(IMAGE_TAG)) \
+	    $(IMAGE_CONTEXT); \
+	  echo ">> autoft-$$image built in $$(( $$(date +%s) - start )) s"; \
+	done
+	$(DOCKER) image ls --filter 'reference=autoft-*'
+
+offline-base-image:  ## debootstrap + docker import a Python 3.11 base (no image registry needed; root)
+	images/offline-base.sh $(OFFLINE_BASE_IMAGE)
+
+images-offline:  ## `make images` on the debootstrap base, building that base first when missing
+	$(DOCKER) image inspect $(OFFLINE_BASE_IMAGE) >/dev/null 2>&1 || $(MAKE) offline-base-image
+	$(MAKE) images BASE_IMAGE=$(OFFLINE_BASE_IMAGE)
+
+push-images:  ## push both images to IMAGE_REGISTRY (after `make images IMAGE_REGISTRY=...`)
+	@test -n "$(IMAGE_REGISTRY)" || { echo "push-images: set IMAGE_REGISTRY=REGION-docker.pkg.dev/PROJECT/REPO" >&2; exit 1; }
+	for image in $(IMAGES); do $(DOCKER) push $(IMAGE_REGISTRY)/autoft-$$image:$(IMAGE_TAG); done
+
+clean-cluster:  ## remove the lint tools venv and the lint/image build folders (keeps wheelhouse/)
+	rm -rf $(TOOLS_VENV) $(LINT_DIR) $(IMAGE_CONTEXT)
