@@ -189,6 +189,12 @@ def load_split(path: str | Path) -> LabeledImages:
     manifest = read_manifest(path)
     fmt = manifest.get("format")
     if fmt not in _LOADERS:
+        # Dataset modules (data/ds_*.py) register their formats ("wilds", ...) when imported; a stage that
+        # only reads manifests has not imported them yet.
+        from autoft.data.registry import _import_builtin_builders
+
+        _import_builtin_builders()
+    if fmt not in _LOADERS:
         raise DataError(f"{path}: unknown split format {fmt!r}; known: {sorted(_LOADERS)}")
     split = _LOADERS[fmt](manifest, path.parent)
     if "indices" in manifest:

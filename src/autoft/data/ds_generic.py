@@ -1,0 +1,343 @@
+"""Generic datasets: an image-folder tree ("folder") or CSV manifests ("csv"), and user eval sets.
+
+Also the helpers every file-backed builder shares: resolving ``data.root`` (local or gs://), checking
+``data.options`` against what a builder accepts, listing class-subfolder trees, and a stratified
+held-out split.
+
+Layouts (docs/datasets.md has the full text):
+
+- ``folder``: ``ROOT/{train,val,test,ood_val}/<class>/<image>``; every other folder of ``ROOT`` that
+  holds class subfolders is an OOD test shift named after the folder. Classes = ``train``'s subfolders.
+- ``csv``: ``ROOT/{train,val,test,ood_val}.csv`` with a header ``path,label[,group]`` where ``label`` is
+  a class NAME; every other ``ROOT/*.csv`` is an OOD test shift. Classes come from ``ROOT/classes.txt``
+  (one name per line, in model order) when present, else the sorted labels of ``train.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autoft.config import AutoFTConfig, ConfigError
+from autoft.data.base import NO_GROUP, DataError, FileImages, save_file_split
+from autoft.data.registry import DatasetSplits, register_dataset
+from autoft.data.templates import templates_for
+from autoft.storage import is_gcs
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
+# Our split key -> the folder / CSV stem users provide.
+GENERIC_SPLITS: dict[str, str] = {"id_train": "train", "id_val": "val", "id_test": "test", "ood_val_source": "ood_val"}
+CLASSES_FILE = "classes.txt"
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers shared by the file-backed builders.
+# ----------------------------------------------------------------------------------------------
+
+
+def resolve_root(root: str, dataset: str, how_to_stage: str) -> Path:
+    """``data.root`` as a local folder; a gs:// root is staged to local disk first."""
+    if not root:
+        raise ConfigError(f"data.root is empty; the {dataset!r} dataset needs the folder that holds it. {how_to_stage}")
+    if is_gcs(root):
+        # Imported here: storage staging pulls in google-cloud-storage, which local runs never need.
+        from autoft.storage import stage_to_local
+
+        return Path(stage_to_local(root))
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise DataError(f"{dataset}: data.root {root!r} is not a folder (looked at {path.absolute()}). {how_to_stage}")
+    return path.resolve()
+
+
+def dataset_options(config: AutoFTConfig, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """``data.options`` over the builder's defaults; unknown keys fail with the allowed ones listed."""
+    unknown = sorted(set(config.data.options) - set(defaults))
+    if unknown:
+        allowed = ", ".join(sorted(defaults)) or "none"
+        raise ConfigError(
+            f"data.options: unknown keys {unknown} for dataset {config.data.dataset!r}; allowed: {allowed}"
+        )
+    return {**defaults, **config.data.options}
+
+
+def check_fraction(name: str, value: Any) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1:
+        raise ConfigError(f"data.options.{name} must be a number in (0, 1), got {value!r}")
+    return float(value)
+
+
+def is_image_file(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def class_folders(folder: Path) -> list[str]:
+    """Sorted names of the visible subfolders of ``folder``."""
+    with os.scandir(folder) as entries:
+        return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+
+
+def images_in(folder: Path) -> list[str]:
+    """Sorted absolute paths of the image files directly inside ``folder``."""
+    with os.scandir(folder) as entries:
+        return sorted(e.path for e in entries if e.is_file() and is_image_file(e.name))
+
+
+def scan_class_tree(
+    folder: Path, label_of: Mapping[str, int], *, what: str, allow_unknown: bool = False
+) -> tuple[list[str], np.ndarray]:
+    """Paths and labels of ``folder/<class>/<image>``; ``label_of`` maps a subfolder name to a label.
+
+    Subfolders ``label_of`` does not know are an error (a wrong dataset or class order) unless
+    ``allow_unknown``, in which case they are skipped.
+    """
+    names = class_folders(folder)
+    unknown = [name for name in names if name not in label_of]
+    if unknown and not allow_unknown:
+        shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise DataError(
+            f"{what}: {len(unknown)} class folders in {folder} are not classes of the training set ({shown}); "
+            "the folders must be named like the training classes"
+        )
+    paths: list[str] = []
+    labels: list[int] = []
+    for name in names:
+        if name not in label_of:
+            continue
+        files = images_in(folder / name)
+        paths.extend(files)
+        labels.extend([label_of[name]] * len(files))
+    if not paths:
+        raise DataError(f"{what}: no images found under {folder}/<class>/ (extensions {sorted(IMAGE_EXTENSIONS)})")
+    return paths, np.asarray(labels, dtype=np.int64)
+
+
+def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (kept, held out): ``round(fraction * n_c)`` per class, at least one where a
+    class has two or more examples, so ID-val covers every class. Deterministic in ``seed``."""
+    rng = np.random.default_rng(seed)
+    held: list[np.ndarray] = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        count = min(max(round(fraction * len(members)), 1), len(members) - 1)
+        if count > 0:
+            held.append(rng.choice(members, size=count, replace=False))
+    held_out = np.sort(np.concatenate(held)) if held else np.empty(0, dtype=np.int64)
+    if len(held_out) == 0:
+        raise DataError("too few training examples to hold out an ID-val split (need two per class)")
+    kept = np.setdiff1d(np.arange(len(labels)), held_out)
+    return kept, held_out
+
+
+def subset_files(images: FileImages, indices: np.ndarray) -> FileImages:
+    return FileImages(
+        paths=[images.paths[i] for i in indices],
+        labels=images.labels[indices],
+        class_names=images.class_names,
+        groups=images.groups[indices],
+        group_names=images.group_names,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Eval sets (config.data.eval_sets) and CSV manifests.
+# ----------------------------------------------------------------------------------------------
+
+
+def _name_index(class_names: Sequence[str]) -> dict[str, int]:
+    """Exact names first; a name also matches case-insensitively with '_' read as ' ' when unique."""
+    index = {name: i for i, name in enumerate(class_names)}
+    loose: dict[str, list[int]] = {}
+    for i, name in enumerate(class_names):
+        loose.setdefault(_loose(name), []).append(i)
+    for key, hits in loose.items():
+        if len(hits) == 1 and key not in index:
+            index[key] = hits[0]
+    return index
+
+
+def _loose(name: str) -> str:
+    return " ".join(name.replace("_", " ").lower().split())
+
+
+def _lookup(index: dict[str, int], name: str) -> int | None:
+    return index.get(name, index.get(_loose(name)))
+
+
+def _unknown_names_error(what: str, unknown: Sequence[str], class_names: Sequence[str]) -> DataError:
+    shown = ", ".join(repr(n) for n in list(unknown)[:5]) + (" ..." if len(unknown) > 5 else "")
+    known = ", ".join(repr(n) for n in list(class_names)[:8]) + (" ..." if len(class_names) > 8 else "")
+    return DataError(
+        f"{what}: {len(unknown)} class names are not classes of the model ({shown}); "
+        f"labels are matched by class NAME to the model's classes ({known})"
+    )
+
+
+def read_csv_split(path: Path, class_names: Sequence[str], *, what: str) -> FileImages:
+    """A CSV manifest ``path,label[,group]`` (label = class name); relative paths are relative to it."""
+    if not path.is_file():
+        raise DataError(f"{what}: CSV manifest {path} not found")
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            fields = reader.fieldnames or []
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{what}: cannot read CSV manifest {path}: {error}") from None
+    if "path" not in fields or "label" not in fields:
+        raise DataError(f"{what}: {path} needs a header with columns path,label[,group]; found {fields}")
+    if not rows:
+        raise DataError(f"{what}: {path} lists no images")
+    index = _name_index(class_names)
+    unknown = sorted({row["label"] for row in rows if _lookup(index, row["label"] or "") is None})
+    if unknown:
+        raise _unknown_names_error(f"{what} ({path})", unknown, class_names)
+    base = path.parent
+    paths = [str((base / row["path"]).resolve()) if not os.path.isabs(row["path"]) else row["path"] for row in rows]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise DataError(f"{what}: {len(missing)} images listed in {path} do not exist, e.g. {missing[0]}")
+    labels = np.asarray([_lookup(index, row["label"]) for row in rows], dtype=np.int64)
+    groups = np.full(len(rows), NO_GROUP, dtype=np.int64)
+    group_names: list[str] = []
+    if "group" in fields:
+        values = [row["group"] or "" for row in rows]
+        group_names = sorted({v for v in values if v})
+        group_id = {name: i for i, name in enumerate(group_names)}
+        groups = np.asarray([group_id.get(v, NO_GROUP) for v in values], dtype=np.int64)
+    return FileImages(paths=paths, labels=labels, class_names=list(class_names), groups=groups, group_names=group_names)
+
+
+def read_folder_split(folder: Path, class_names: Sequence[str], *, what: str) -> FileImages:
+    """``folder/<class name>/<image>``, class folders matched by name to ``class_names``."""
+    if not folder.is_dir():
+        raise DataError(f"{what}: folder {folder} not found")
+    index = _name_index(class_names)
+    names = class_folders(folder)
+    if not names:
+        raise DataError(f"{what}: {folder} has no class subfolders; expected {folder}/<class name>/<image>")
+    unknown = [name for name in names if _lookup(index, name) is None]
+    if unknown:
+        raise _unknown_names_error(f"{what} ({folder})", unknown, class_names)
+    label_of = {name: int(_lookup(index, name)) for name in names}  # type: ignore[arg-type]
+    paths, labels = scan_class_tree(folder, label_of, what=what)
+    return FileImages(paths=paths, labels=labels, class_names=list(class_names))
+
+
+def load_eval_set(kind: str, path: str | Path, class_names: Sequence[str]) -> FileImages:
+    """An extra evaluation shift: an image folder or a CSV manifest, labels mapped by class NAME.
+
+    Labels are re-indexed to ``class_names`` (the model's class order), so an eval set may hold a
+    subset of the classes in any order; a name the model does not know is an error, not a silent drop.
+    """
+    location = str(path)
+    if is_gcs(location):
+        from autoft.storage import stage_to_local
+
+        local = Path(stage_to_local(location))
+    else:
+        local = Path(location).expanduser()
+    what = f"eval set {location!r}"
+    if kind == "folder":
+        return read_folder_split(local, class_names, what=what)
+    if kind == "csv":
+        return read_csv_split(local, class_names, what=what)
+    raise ConfigError(f"eval set kind must be 'folder' or 'csv', got {kind!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Builders.
+# ----------------------------------------------------------------------------------------------
+
+FOLDER_HOW_TO = (
+    "Expected ROOT/{train,val,test,ood_val}/<class>/<image> (any other ROOT/<shift>/<class>/ folder is an "
+    "OOD test); copy a bucket with `gcloud storage cp -r gs://BUCKET/PATH ROOT` or set data.root=gs://BUCKET/PATH."
+)
+CSV_HOW_TO = (
+    "Expected ROOT/{train,val,test,ood_val}.csv with header path,label[,group] (label = class name; any other "
+    "ROOT/*.csv is an OOD test) and optionally ROOT/classes.txt; see docs/datasets.md."
+)
+
+
+def _splits_result(
+    dataset: str, out_dir: Path, splits: dict[str, FileImages], ood_tests: list[str], class_names: list[str]
+) -> DatasetSplits:
+    clashes = [name for name in ood_tests if name in GENERIC_SPLITS]
+    if clashes:
+        raise DataError(f"{dataset} dataset: OOD test shifts may not be named {clashes}; rename them")
+    manifests = {}
+    for name, images in splits.items():
+        save_file_split(out_dir, name, images)
+        manifests[name] = f"{name}.json"
+    return DatasetSplits(
+        dataset=dataset,
+        class_names=class_names,
+        templates=templates_for(dataset),
+        manifests=manifests,
+        ood_val_set="ood_val",
+        ood_tests=ood_tests,
+    )
+
+
+@register_dataset("folder")
+def build_folder(config: AutoFTConfig, out_dir: Path) -> DatasetSplits:
+    dataset_options(config, {})
+    root = resolve_root(config.data.root, "folder", FOLDER_HOW_TO)
+    missing = [name for name in GENERIC_SPLITS.values() if not (root / name).is_dir()]
+    if missing:
+        raise DataError(f"folder dataset at {root}: missing split folders {missing}. {FOLDER_HOW_TO}")
+    class_names = class_folders(root / "train")
+    if not class_names:
+        raise DataError(f"folder dataset: {root / 'train'} has no class subfolders. {FOLDER_HOW_TO}")
+    shift_dirs = [d for d in class_folders(root) if d not in GENERIC_SPLITS.values() and class_folders(root / d)]
+    splits = {
+        ours: read_folder_split(root / theirs, class_names, what=f"folder dataset split {theirs!r}")
+        for ours, theirs in GENERIC_SPLITS.items()
+    }
+    for shift in shift_dirs:
+        splits[shift] = read_folder_split(root / shift, class_names, what=f"folder dataset shift {shift!r}")
+    return _splits_result("folder", out_dir, splits, shift_dirs, class_names)
+
+
+def _csv_class_names(root: Path) -> list[str]:
+    classes_file = root / CLASSES_FILE
+    if classes_file.is_file():
+        names = [line.strip() for line in classes_file.read_text().splitlines() if line.strip()]
+        if len(set(names)) != len(names):
+            raise DataError(f"{classes_file} lists a class name twice")
+        if names:
+            return names
+    with open(root / "train.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        if "label" not in (reader.fieldnames or []):
+            raise DataError(f"{root / 'train.csv'} needs a header with columns path,label[,group]")
+        names = sorted({row["label"] for row in reader if row["label"]})
+    if not names:
+        raise DataError(f"{root / 'train.csv'} lists no labelled images")
+    return names
+
+
+@register_dataset("csv")
+def build_csv(config: AutoFTConfig, out_dir: Path) -> DatasetSplits:
+    dataset_options(config, {})
+    root = resolve_root(config.data.root, "csv", CSV_HOW_TO)
+    missing = [f"{name}.csv" for name in GENERIC_SPLITS.values() if not (root / f"{name}.csv").is_file()]
+    if missing:
+        raise DataError(f"csv dataset at {root}: missing manifests {missing}. {CSV_HOW_TO}")
+    class_names = _csv_class_names(root)
+    shift_names = sorted(p.stem for p in root.glob("*.csv") if p.stem not in GENERIC_SPLITS.values())
+    splits = {
+        ours: read_csv_split(root / f"{theirs}.csv", class_names, what=f"csv dataset split {theirs!r}")
+        for ours, theirs in GENERIC_SPLITS.items()
+    }
+    for shift in shift_names:
+        splits[shift] = read_csv_split(root / f"{shift}.csv", class_names, what=f"csv dataset shift {shift!r}")
+    return _splits_result("csv", out_dir, splits, shift_names, class_names)
