@@ -16,6 +16,7 @@ import torch
 
 from autoft.config import AutoFTConfig
 from autoft.data.base import DataError, LabeledImages, indices_hash, load_split, read_manifest, write_manifest
+from autoft.data.ds_imagenet import logits_fn_from_manifest
 from autoft.data.loaders import BatchStream
 from autoft.data.registry import PreparedData, get_builder
 from autoft.data.subsets import ood_val_indices
@@ -326,14 +327,6 @@ def stage_finetune(
 # ----------------------------------------------------------------------------------------------
 
 
-def _logits_fn(manifest: dict[str, Any]):
-    indices = manifest.get("logit_indices")
-    if indices is None:
-        return None
-    index = torch.as_tensor(indices, dtype=torch.long)
-    return lambda logits: logits[:, index.to(logits.device)]
-
-
 def _evaluate_predictions(preds: Predictions, num_classes: int, metric: str) -> dict[str, Any]:
     metrics = all_metrics(preds)
     if metric not in metrics:
@@ -355,14 +348,15 @@ def stage_evaluate(
     manifest_path = data.manifest(eval_set)
     manifest = read_manifest(manifest_path)
     images = load_split(manifest_path)
-    logits_fn = _logits_fn(manifest)
+    # ImageNet-R/-A project onto 200 classes (logit_indices); ObjectNet max-pools groups (logit_groups).
+    logits_fn = logits_fn_from_manifest(manifest)
     results: dict[str, Any] = {"schema": EVAL_SCHEMA, "eval_set": eval_set, "metric": config.metric, "models": {}}
 
     def run(model: CLIPClassifier) -> dict[str, Any]:
         if logits_fn is None and images.class_names != model.class_names:
             raise DataError(
                 f"eval set {eval_set!r} has {len(images.class_names)} classes but the model {model.num_classes}; "
-                "give the split a logit projection (logit_indices) or use matching class names"
+                "give the split a logit projection (logit_indices / logit_groups) or use matching class names"
             )
         model.prepare_for_eval()
         preds = predict(
