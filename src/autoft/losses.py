@@ -164,6 +164,8 @@ class WeightedObjective:
             raise ValueError("the objective needs at least one weighted loss term")
         # Zero-weight terms are skipped entirely: they cost compute and add nothing.
         self.weights = {name: float(w) for name, w in weights.items() if w != 0.0}
+        if not self.weights:
+            raise ValueError(f"every loss weight is zero ({dict(weights)}); give at least one term a nonzero weight")
         self._data_terms = data_term_functions(dcm_sign)
 
     @property

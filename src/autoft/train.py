@@ -130,7 +130,7 @@ def prepare_objective(
 
 def check_finite(loss: torch.Tensor, step: int) -> None:
     if not torch.isfinite(loss):
-        raise NonFiniteLossError(f"loss is {float(loss)} at step {step}")
+        raise NonFiniteLossError(f"loss is {float(loss.detach())} at step {step}")
 
 
 def inner_loop(

@@ -96,7 +96,14 @@ def create_clip(
             model = open_clip.create_model(model_name, pretrained=None, device=device)
         if weights is not None:
             state = load_state_dict_file(weights)
-            missing, unexpected = model.load_state_dict(state, strict=False)
+            try:
+                missing, unexpected = model.load_state_dict(state, strict=False)
+            except RuntimeError as error:  # strict=False still raises on shape mismatches
+                first = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), "")
+                raise CheckpointError(
+                    f"{weights} does not match model {model_name!r}: {first or error}; "
+                    "pass the model name it was trained with"
+                ) from None
             if missing or unexpected:
                 raise CheckpointError(
                     f"{weights} does not match model {model_name!r}: missing {list(missing)[:5]}, "
