@@ -58,6 +58,9 @@ IMAGE_REGISTRY ?=
 IMAGES := services step
 WHEELHOUSE := wheelhouse
 IMAGE_CONTEXT := build/image-context
+# The commit the step image's code comes from (MLflow tags it on runs); "-dirty" when the package's
+# sources differ from it.
+VCS_REF = $(shell git rev-parse HEAD 2>/dev/null || echo unknown)$(shell git diff --quiet HEAD -- src pyproject.toml 2>/dev/null || echo -dirty)
 
 .PHONY: lint-manifests wheelhouse images images-offline offline-base-image push-images clean-cluster
 
@@ -108,16 +111,19 @@ wheelhouse: $(WHEELHOUSE)/.complete  ## all pinned wheels + the project wheel in
 
 images: wheelhouse  ## build autoft-services and autoft-step (BASE_IMAGE=..., IMAGE_REGISTRY=..., IMAGE_TAG=...)
 	rm -rf $(IMAGE_CONTEXT)
-	mkdir -p $(IMAGE_CONTEXT)/images/services
+	mkdir -p $(IMAGE_CONTEXT)/images/services $(IMAGE_CONTEXT)/project
+	: "wheelhouse/ = third-party wheels only (hard links, no second copy), project/ = the project wheel"
 	cp -al $(WHEELHOUSE) $(IMAGE_CONTEXT)/wheelhouse 2>/dev/null || cp -a $(WHEELHOUSE) $(IMAGE_CONTEXT)/wheelhouse
-	cp constraints.txt $(IMAGE_CONTEXT)/
+	rm -f $(IMAGE_CONTEXT)/wheelhouse/.complete
+	mv $(IMAGE_CONTEXT)/wheelhouse/autoft_pipelines-*.whl $(IMAGE_CONTEXT)/project/
+	cp constraints.txt pyproject.toml $(IMAGE_CONTEXT)/
 	cp images/services/requirements.txt $(IMAGE_CONTEXT)/images/services/
 	@set -euo pipefail; for image in $(IMAGES); do \
 	  echo ">> autoft-$$image:$(IMAGE_TAG) on $(BASE_IMAGE)"; \
 	  start=$$(date +%s); \
 	  $(DOCKER) build --network none -f images/$$image/Dockerfile \
 	    --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg PROJECT_VERSION=$(PROJECT_VERSION) \
-	    --build-arg VCS_REF=$$(git rev-parse --short HEAD) --build-arg BUILD_DATE=$$(date -u +%Y-%m-%dT%H:%M:%SZ) \
+	    --build-arg VCS_REF=$(VCS_REF) --build-arg BUILD_DATE=$$(date -u +%Y-%m-%dT%H:%M:%SZ) \
 	    -t autoft-$$image:$(IMAGE_TAG) $(if $(IMAGE_REGISTRY),-t $(IMAGE_REGISTRY)/autoft-$$image:$(IMAGE_TAG)) \
 	    $(IMAGE_CONTEXT); \
 	  echo ">> autoft-$$image built in $$(( $$(date +%s) - start )) s"; \
