@@ -2,22 +2,27 @@
 
 - Storage: a local journal file by default (SQLite locks under several processes), or any Optuna
   RDB URL (PostgreSQL in production) with heartbeats so a killed worker's trial is failed and
-  retried by :class:`optuna.storages.RetryFailedTrialCallback`.
+  retried by :class:`optuna.storages.RetryHeartbeatStaleTrialCallback`.
 - Budget: ``n_trials`` in ``study.optimize`` counts per worker, so the total is enforced here.
-  A trial starts only if the finished trials plus the RUNNING trials numbered before it leave room;
-  otherwise it waits for those to finish (one may fail and need a replacement) or, when the budget
-  is met, ends itself as a surplus trial. Lower numbers have priority, so nothing deadlocks.
+  A trial starts (is admitted) only if the finished trials, the admitted RUNNING trials and the
+  trials queued ahead of it leave room; otherwise it waits (one may fail and need a replacement)
+  or, when the budget is met, ends itself as a surplus trial. The queue order is fixed (retries of
+  killed trials first, then lower numbers), so nothing deadlocks, and a killed trial's slot goes
+  to its retry: a blocked fresh trial steps aside (as a surplus trial) for a queued retry.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+import warnings
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import optuna
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryFailedTrialCallback
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
@@ -25,12 +30,18 @@ from tqdm.auto import tqdm
 
 from autoft.config import SearchConfig
 from autoft.search.space import trial_hparams
+from autoft.storage import database_url
 from autoft.train import Hyperparams, NonFiniteLossError
 
 log = logging.getLogger(__name__)
 
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 SURPLUS_ATTR = "surplus"
+RETRY_OF_ATTR = "failed_trial"  # system attr RetryHeartbeatStaleTrialCallback sets on a re-queued trial
+ERROR_ATTR = "error"  # user attr: the objective raised, so the trial is a failure, not a killed worker's
+ADMITTED_ATTR = "admitted"  # user attr: the trial's own number once it passed the budget gate
+MAX_RETRY = 1
+RETRY_WINDOW_SECONDS = 60.0
 RDB_PREFIXES = ("sqlite:", "postgresql", "mysql", "oracle", "mssql")
 
 
@@ -59,14 +70,20 @@ def open_storage(storage: str, config: SearchConfig) -> BaseStorage:
         heartbeat = config.heartbeat_interval or None
         grace = (config.grace_period or 2 * config.heartbeat_interval) if heartbeat else None
         try:
-            return RDBStorage(
-                storage,
-                heartbeat_interval=heartbeat,
-                grace_period=grace,
-                failed_trial_callback=RetryFailedTrialCallback(max_retry=1) if heartbeat else None,
-                engine_kwargs={"pool_pre_ping": True} if storage.startswith("postgresql") else None,
-            )
-        except Exception as error:  # noqa: BLE001 - SQLAlchemy/driver errors vary; the user needs the URL
+            with warnings.catch_warnings():
+                # Heartbeats are "experimental" since Optuna 2.8; the warning would repeat in every worker.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(
+                    database_url(storage),  # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3 (not installed)
+                    heartbeat_interval=heartbeat,
+                    grace_period=grace,
+                    # Not the deprecated failed_trial_callback/RetryFailedTrialCallback (removed in Optuna 6).
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+                    if heartbeat
+                    else None,
+                    engine_kwargs={"pool_pre_ping": True} if storage.startswith("postgresql") else None,
+                )
+        except Exception as error:
             raise ConnectionError(f"cannot open Optuna storage {_redact(storage)}: {error}") from None
     path = Path(storage)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,20 +136,75 @@ def count_trials(study: optuna.Study) -> dict[str, int]:
     return counts
 
 
+def _retry_pending(trial: FrozenTrial, requeued: set[int], now: datetime) -> bool:
+    """A trial failed by heartbeat whose re-queued copy is not in the study YET.
+
+    fail_stale_trials sets FAIL first and enqueues the retry a moment later; a gate that looked in
+    between would hand the slot to a fresh trial. The window is bounded, in case the process that
+    failed the trial died before enqueueing.
+    """
+    if trial.state != TrialState.FAIL or trial.user_attrs.get(SURPLUS_ATTR) or ERROR_ATTR in trial.user_attrs:
+        return False
+    if trial.number in requeued or len(trial.system_attrs.get("retry_history", [])) >= MAX_RETRY:
+        return False
+    completed = trial.datetime_complete
+    return completed is not None and (now - completed).total_seconds() < RETRY_WINDOW_SECONDS
+
+
+def _admitted(trial: FrozenTrial) -> bool:
+    # Compared with the trial's own number: a retry inherits its killed original's user attrs.
+    return trial.state == TrialState.RUNNING and trial.user_attrs.get(ADMITTED_ATTR) == trial.number
+
+
+def _queue_key(trial: FrozenTrial) -> tuple[int, int]:
+    # Retries of killed trials queue before fresh proposals, then lower numbers first.
+    return (0 if RETRY_OF_ATTR in trial.system_attrs else 1, trial.number)
+
+
 def _wait_for_room(trial: optuna.Trial, budget: int, poll_seconds: float) -> None:
+    """Admit this trial when the finished, the admitted and the trials queued ahead leave room."""
     study = trial.study
+    # Only storages with heartbeats fail (and re-queue) a killed worker's trial.
+    heartbeat = getattr(study._storage, "get_heartbeat_interval", lambda: None)() is not None
     while True:
-        trials = study.get_trials(deepcopy=False, states=(*COUNTED_STATES, TrialState.RUNNING))
+        trials = study.get_trials(deepcopy=False)
+        others = [t for t in trials if t.number != trial.number]
+        mine = next((t for t in trials if t.number == trial.number), None)
+        key = _queue_key(mine) if mine is not None else (1, trial.number)
         done = sum(1 for t in trials if t.state in COUNTED_STATES)
-        ahead = sum(1 for t in trials if t.state == TrialState.RUNNING and t.number < trial.number)
+        admitted = sum(1 for t in others if _admitted(t))
+        queued = [
+            t
+            for t in others
+            if _queue_key(t) < key
+            and (
+                (t.state == TrialState.RUNNING and not _admitted(t))
+                or (t.state == TrialState.WAITING and RETRY_OF_ATTR in t.system_attrs)
+            )
+        ]
+        if heartbeat and key[0] == 1:
+            requeued = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+            now = datetime.now()
+            queued += [t for t in others if _retry_pending(t, requeued, now)]
         if done >= budget:
             trial.set_user_attr(SURPLUS_ATTR, True)
             study.stop()
             raise BudgetExhausted(f"the budget of {budget} trials is complete")
-        if done + ahead < budget:
+        if done + admitted + len(queued) < budget:
+            trial.set_user_attr(ADMITTED_ATTR, trial.number)
             return
+        if any(t.state == TrialState.WAITING for t in queued):
+            # A retry is queued but every live worker may be blocked here: step aside (without
+            # stopping the study) so that this worker's next trial picks the retry up.
+            trial.set_user_attr(SURPLUS_ATTR, True)
+            raise BudgetExhausted("yielding this trial's slot to the retry of a killed trial")
         time.sleep(poll_seconds)
-        if isinstance(study._storage, RDBStorage) and study._storage.heartbeat_interval:
+        # A killed worker's trial stays RUNNING (and blocks the budget) until someone fails it; Optuna
+        # only does that when a trial starts, and every live worker may be waiting right here.
+        # study._storage is a _CachedStorage wrapping the RDBStorage, so no isinstance check: the
+        # function itself returns at once when the storage has no heartbeat.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
 
 
@@ -169,7 +241,13 @@ def run_worker(
 
     def gated(trial: optuna.Trial) -> float:
         _wait_for_room(trial, budget, poll_seconds)
-        return objective(trial)
+        try:
+            return objective(trial)
+        except BaseException as error:
+            # Marks the failure as the objective's own, so the budget gate never waits for a retry.
+            with contextlib.suppress(Exception):
+                trial.set_user_attr(ERROR_ATTR, type(error).__name__)
+            raise
 
     failure_limit = _FailureLimit(max_failed_trials or budget)
     done = len(study.get_trials(deepcopy=False, states=COUNTED_STATES))
