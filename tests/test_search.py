@@ -31,6 +31,7 @@ from autoft.search.study import (
     create_or_load_study,
     make_sampler,
     open_storage,
+    prepare_study,
     run_worker,
 )
 from autoft.train import Hyperparams, NonFiniteLossError
@@ -205,19 +206,16 @@ def test_interrupted_study_resumes_to_exactly_the_budget(tmp_path: Path) -> None
     assert _states(resumed) == {"complete": 6, "fail": 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: a journal-file study has no heartbeat, so a trial left RUNNING by a killed worker "
-    "blocks _wait_for_room forever once the budget is nearly met",
-)
 def test_a_trial_orphaned_by_a_killed_worker_does_not_block_the_resumed_study(tmp_path: Path) -> None:
+    """A journal file has no heartbeat: prepare_study (run before workers start) fails the orphan."""
     journal = str(tmp_path / "study.log")
     config = SearchConfig(losses=["ce", "hinge"], n_trials=4, study_name="orphan")
     space = SearchSpace.from_config(config)
     study = create_or_load_study(journal, config)
     run_worker(study, _cheap_objective(space), 1)
     orphan = study.ask()  # the worker was SIGKILLed here: the trial stays RUNNING in the journal
-    resumed = create_or_load_study(journal, config)
+    resumed = prepare_study(journal, config)
+    assert resumed.trials[orphan.number].state == TrialState.FAIL
     worker = threading.Thread(
         target=run_worker,
         args=(resumed, _cheap_objective(space), config.n_trials),

@@ -26,6 +26,7 @@ from autoft.stages import (
     default_storage,
     hparams_for,
     read_json,
+    stage_create_study,
     stage_evaluate,
     stage_finetune,
     stage_prepare,
@@ -125,6 +126,7 @@ def run_inprocess(config: AutoFTConfig, run_dir: Path, progress: bool = True) ->
     for method in searched_methods(config.methods):
         storage = config.search.storage or default_storage(layout.root, method)
         with timed(f"search_{method}"):
+            stage_create_study(config, method, storage)
             stage_search(config, layout.data, layout.zeroshot, method, storage, progress=progress)
             stage_select_best(config, method, storage, layout.hparams(method))
     hparams_files = {m: layout.hparams(m) for m in searched_methods(config.methods)}

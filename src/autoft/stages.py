@@ -27,7 +27,14 @@ from autoft.models.checkpoint import load_state_dict_file
 from autoft.models.classifier import CLIPClassifier, build_zeroshot_classifier, load_classifier
 from autoft.search.objective import TrialObjective
 from autoft.search.space import SearchSpace
-from autoft.search.study import COUNTED_STATES, best_hparams, count_trials, create_or_load_study, run_worker
+from autoft.search.study import (
+    COUNTED_STATES,
+    best_hparams,
+    count_trials,
+    create_or_load_study,
+    prepare_study,
+    run_worker,
+)
 from autoft.storage import atomic_write_text
 from autoft.train import BEST_WEIGHTS, Hyperparams, finetune
 from autoft.wiseft import interpolate, sweep
@@ -145,6 +152,12 @@ def stage_zeroshot(config: AutoFTConfig, data_dir: Path, out_dir: Path) -> Path:
 
 def default_storage(run_dir: Path, method: str) -> str:
     return str(Path(run_dir) / "studies" / f"{method}.journal")
+
+
+def stage_create_study(config: AutoFTConfig, method: str, storage: str) -> dict[str, int]:
+    """Create (or resume) ``method``'s study before its workers start; orphaned trials are failed."""
+    study = prepare_study(storage, method_search_config(config, method))
+    return count_trials(study)
 
 
 def _split(data: PreparedData, name: str) -> LabeledImages:

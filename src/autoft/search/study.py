@@ -128,6 +128,28 @@ def create_or_load_study(storage: str, config: SearchConfig, worker_index: int =
     return study
 
 
+ORPHANED_ATTR = "orphaned"
+
+
+def prepare_study(storage: str, config: SearchConfig) -> optuna.Study:
+    """Create or resume the study BEFORE any worker starts (the pipeline's create_study step).
+
+    A storage without heartbeats (a journal file, or an RDB URL with heartbeat_interval 0) cannot tell
+    a live worker's trial from one whose worker was killed, so a trial still RUNNING when no worker
+    runs is an orphan: it is failed here, freeing its place in the budget. Never call this while
+    workers are running; they call :func:`create_or_load_study`.
+    """
+    study = create_or_load_study(storage, config)
+    if getattr(study._storage, "get_heartbeat_interval", lambda: None)() is None:
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            study._storage.set_trial_user_attr(trial._trial_id, ORPHANED_ATTR, True)
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            log.warning("trial %d was left RUNNING by a stopped worker: marked FAIL", trial.number)
+    else:
+        optuna.storages.fail_stale_trials(study)
+    return study
+
+
 def count_trials(study: optuna.Study) -> dict[str, int]:
     counts = {state.name.lower(): 0 for state in TrialState}
     for trial in study.get_trials(deepcopy=False):
