@@ -8,9 +8,9 @@ is what pipeline steps pass to each other, never the pixels themselves.
 from __future__ import annotations
 
 import csv
-from abc import ABC, abstractmethod
 import hashlib
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,9 +206,8 @@ def save_array_split(folder: Path, name: str, split: ArrayImages, **fields: Any)
     """Store an in-memory split as ``<name>.npz`` plus ``<name>.json`` manifest."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / f"{name}.npz") as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, images=split.images, labels=split.labels, groups=split.groups)
+    with atomic_path(folder / f"{name}.npz") as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, images=split.images, labels=split.labels, groups=split.groups)
     return write_manifest(
         folder / f"{name}.json",
         name,
@@ -240,11 +239,10 @@ def save_file_split(folder: Path, name: str, split: FileImages, **fields: Any) -
     """Store a file-backed split as a CSV (path,label,group) plus its JSON manifest."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / f"{name}.csv") as tmp:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["path", "label", "group"])
-            writer.writerows(zip(split.paths, split.labels.tolist(), split.groups.tolist(), strict=True))
+    with atomic_path(folder / f"{name}.csv") as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "group"])
+        writer.writerows(zip(split.paths, split.labels.tolist(), split.groups.tolist(), strict=True))
     return write_manifest(
         folder / f"{name}.json",
         name,

@@ -46,7 +46,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(
             f"corrupt or unsafe checkpoint {path}: {error}. Re-create it, or convert it to .safetensors"
         ) from None
-    except Exception as error:  # noqa: BLE001 - pickle errors have many types; all mean the same to a user
+    except Exception as error:
         raise CheckpointError(f"cannot read checkpoint {path} safely: {error}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
