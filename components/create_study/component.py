@@ -1,0 +1,39 @@
+"""create_study: create one method's Optuna study on the shared storage before any worker starts."""
+
+from kfp import dsl
+
+from components.image import STEP_IMAGE
+
+
+@dsl.component(base_image=STEP_IMAGE, install_kfp_package=False)
+def create_study(
+    config_yaml: str,
+    config_overrides: list[str],
+    methods: list[str],
+    method: str,
+    study_storage: str,
+    run_id: str,
+    search_workers: int,
+) -> list[dict]:
+    """Create (or, for a retried run, load) the study and return one work item per search worker.
+
+    Each item is ``{"worker_index", "storage", "study_name"}``: ``storage`` is the storage URL, or
+    ``env:AUTOFT_OPTUNA_STORAGE`` when the URL (with its password) comes from the step's secret env.
+    Creating the study here, once, keeps parallel workers from racing to create it.
+    """
+    from autoft.config import ConfigError
+    from autoft.methods import BASE_METHODS, method_search_config
+    from autoft.search.study import create_or_load_study
+    from components.runtime import load_step_config, run_scoped, study_storage_reference, study_storage_url
+
+    if search_workers < 1:
+        raise ConfigError(f"search_workers must be >= 1, got {search_workers}")
+    config = run_scoped(load_step_config(config_yaml, config_overrides, methods), run_id)
+    if method not in config.methods or not BASE_METHODS[method].searches:
+        raise ConfigError(f"method {method!r} has no search in this run (methods: {config.methods})")
+    reference = study_storage_reference(study_storage, config)
+    search = method_search_config(config, method)
+    study = create_or_load_study(study_storage_url(reference, method), search)
+    return [
+        {"worker_index": index, "storage": reference, "study_name": study.study_name} for index in range(search_workers)
+    ]

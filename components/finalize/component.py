@@ -1,0 +1,85 @@
+"""finalize: the exit handler; runs after everything else, whether the run succeeded or not."""
+
+from kfp import dsl
+from kfp.dsl import PipelineTaskFinalStatus
+
+from components.image import STEP_IMAGE
+
+
+@dsl.component(base_image=STEP_IMAGE, install_kfp_package=False)
+def finalize(
+    config_yaml: str,
+    config_overrides: list[str],
+    methods: list[str],
+    run_id: str,
+    study_storage: str,
+    mlflow_tracking_uri: str,
+    output_dir: str,
+    status: PipelineTaskFinalStatus,
+) -> str:
+    """Fail the run's trials still marked RUNNING, end its MLflow runs still open, record the final state.
+
+    Once every worker is gone a RUNNING trial can never finish: left alone it would count against a
+    resumed study's budget gates and show as running in the dashboard forever. Everything here is
+    derived from the pipeline parameters (an exit task cannot consume other tasks' outputs), and each
+    clean-up is best effort so one failure does not hide the others.
+    """
+    import json
+    from pathlib import Path
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from autoft.methods import method_search_config, searched_methods
+    from autoft.search.study import open_storage
+    from components.runtime import (
+        close_pipeline_runs,
+        load_step_config,
+        run_scoped,
+        study_storage_reference,
+        study_storage_url,
+    )
+
+    summary = {"state": status.state, "error": status.error_message, "failed_trials": {}, "closed_mlflow_runs": []}
+    problems = []
+    try:
+        config = run_scoped(load_step_config(config_yaml, config_overrides, methods), run_id)
+    except Exception as error:  # a bad config failed the run at prepare_data already: nothing was created
+        config = None
+        problems.append(f"config: {error}")
+    if config is not None:
+        try:
+            reference = study_storage_reference(study_storage, config)
+        except Exception as error:
+            reference = None
+            problems.append(f"study storage: {error}")
+        for method in searched_methods(config.methods) if reference else []:
+            search = method_search_config(config, method)
+            url = study_storage_url(reference, method)
+            if "://" not in url and not Path(url).exists():
+                continue  # the search never started: no journal file, nothing to clean
+            try:
+                storage = open_storage(url, search)
+                study = optuna.load_study(study_name=search.study_name, storage=storage)
+                study_id = storage.get_study_id_from_name(search.study_name)
+                stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                for trial in stale:
+                    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+                    storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+                summary["failed_trials"][method] = [t.number for t in stale]
+            except KeyError:
+                continue  # this method's study was never created
+            except Exception as error:
+                problems.append(f"study {search.study_name}: {error}")
+        try:
+            summary["closed_mlflow_runs"] = close_pipeline_runs(
+                config, mlflow_tracking_uri, output_dir, run_id, succeeded=status.state == "SUCCEEDED"
+            )
+        except Exception as error:
+            problems.append(f"mlflow: {error}")
+    summary["problems"] = problems
+    if output_dir.strip():
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "pipeline_status.json").write_text(json.dumps(summary, indent=1))
+    print(f"pipeline finished {status.state}: {json.dumps(summary)}")
+    return json.dumps(summary)

@@ -1,0 +1,299 @@
+"""What the pipeline steps share: the resolved config, the study's location, MLflow's URI, timing.
+
+Steps run in separate processes (kfp.local subprocesses, or pods on a cluster). Anything two steps must
+agree on, including the exit handler that cleans up after all of them, is therefore a pure function of
+the pipeline parameters, computed here the same way in every step, never passed around as hidden state.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from autoft.config import AutoFTConfig, ConfigError, apply_overrides, validate_config
+from autoft.methods import validate_methods
+
+if TYPE_CHECKING:
+    from autoft.tracking import Tracker
+
+# The cluster's shared Optuna storage (PostgreSQL URL with its password), from the secret
+# autoft-pipeline-env (manifests/overlays/*/pipeline.env.example); env, so it never shows in the UI.
+STUDY_STORAGE_ENV = "AUTOFT_OPTUNA_STORAGE"
+ENV_REFERENCE = "env:"
+JOURNAL_SUFFIX = ".journal"
+LOCAL_STUDY_FOLDER = "autoft-studies"
+# Set in every pod Kubernetes starts; there, steps do not share a file system.
+KUBERNETES_ENV = "KUBERNETES_SERVICE_HOST"
+
+
+def load_step_config(config_yaml: str, config_overrides: list[str], methods: list[str]) -> AutoFTConfig:
+    """The run's config: the YAML parameter plus ``key=value`` overrides, validated like the CLI does.
+
+    ``methods`` is the list the pipeline was compiled for; its DAG has a branch per method. A config
+    without ``methods`` runs those; one asking for other methods is refused instead of silently running
+    something else.
+    """
+    try:
+        raw = yaml.safe_load(config_yaml) if config_yaml.strip() else {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"the config_yaml parameter is not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError("the config_yaml parameter must hold a mapping (the schema of `autoft config show`)")
+    raw = apply_overrides(raw, list(config_overrides))
+    if methods and "methods" not in raw:
+        raw["methods"] = list(methods)
+    config = validate_config(raw)
+    validate_methods(config.methods)
+    if methods and list(config.methods) != list(methods):
+        raise ConfigError(
+            f"the config asks for methods {config.methods} but this pipeline was compiled for {list(methods)}; "
+            "remove `methods` from the config to run the compiled ones, or compile a pipeline for these methods "
+            "(`autoft compile --preset NAME --methods config`)"
+        )
+    return config
+
+
+def run_scoped(config: AutoFTConfig, run_id: str) -> AutoFTConfig:
+    """The config with the study name made unique to this pipeline run.
+
+    A shared PostgreSQL holds the studies of every run; without the run id a recurring run would load
+    last week's finished study and search nothing. A retried run keeps its id, so it resumes its study.
+    """
+    if not run_id.strip():
+        raise ValueError("run_id is empty; the pipeline passes dsl.PIPELINE_JOB_ID_PLACEHOLDER")
+    scoped = config.model_copy(deep=True)
+    scoped.search.study_name = f"{config.search.study_name}-{run_id.strip()}"
+    return scoped
+
+
+def url_has_password(url: str) -> bool:
+    try:
+        return "://" in url and urlsplit(url).password is not None
+    except ValueError:
+        return False
+
+
+def _refuse_visible_password(value: str, where: str) -> None:
+    # Pipeline parameters (and the config YAML, which is one) are stored and shown by Kubeflow.
+    if url_has_password(value):
+        raise ConfigError(
+            f"{where} holds a URL with a password; pipeline parameters are visible in the Kubeflow UI. Put the "
+            f"URL in the secret autoft-pipeline-env ({STUDY_STORAGE_ENV}) and leave {where} empty"
+        )
+
+
+def study_storage_reference(study_storage: str, config: AutoFTConfig) -> str:
+    """Where the run's studies live, as a value that is safe to pass between steps and show in the UI.
+
+    In order: the ``study_storage`` parameter, the config's ``search.storage``, ``$AUTOFT_OPTUNA_STORAGE``
+    (returned as ``env:AUTOFT_OPTUNA_STORAGE`` so its password stays in the environment), and outside
+    Kubernetes a folder in the temp directory (kfp.local steps share one machine).
+    """
+    for value, where in ((study_storage, "the study_storage parameter"), (config.search.storage, "search.storage")):
+        if value.strip():
+            _refuse_visible_password(value.strip(), where)
+            return value.strip()
+    if os.environ.get(STUDY_STORAGE_ENV, "").strip():
+        return ENV_REFERENCE + STUDY_STORAGE_ENV
+    if os.environ.get(KUBERNETES_ENV):
+        raise ConfigError(
+            "no study storage: on Kubernetes the search workers run in separate pods and need a shared "
+            f"database; create the secret autoft-pipeline-env with {STUDY_STORAGE_ENV} (see docs/kubeflow.md) "
+            "or set the study_storage parameter to an RDB URL without a password"
+        )
+    return str(Path(tempfile.gettempdir()) / LOCAL_STUDY_FOLDER)
+
+
+def study_storage_url(reference: str, method: str) -> str:
+    """Expand a storage reference into the Optuna storage of one method's study.
+
+    An RDB URL is shared by every method (study names differ); a ``*.journal`` path is one journal file;
+    any other path is a folder holding one journal file per method.
+    """
+    if reference.startswith(ENV_REFERENCE):
+        name = reference.removeprefix(ENV_REFERENCE)
+        value = os.environ.get(name, "").strip()
+        if not value:
+            raise ConfigError(f"study storage {reference!r}: the environment variable {name} is not set in this step")
+        return value
+    from autoft.search.study import is_rdb_url  # imports torch: not at module level, compiling needs none
+
+    if is_rdb_url(reference):
+        return reference
+    path = Path(reference)
+    return str(path if path.suffix == JOURNAL_SUFFIX else path / f"{method}{JOURNAL_SUFFIX}")
+
+
+def resolve_mlflow_uri(mlflow_uri: str, config: AutoFTConfig, output_dir: str) -> str:
+    """The MLflow tracking URI: the parameter, the config, ``$MLFLOW_TRACKING_URI``, else SQLite in output_dir.
+
+    The cluster sets ``$MLFLOW_TRACKING_URI`` from the ConfigMap autoft-pipeline-config.
+    """
+    for value, where in ((mlflow_uri, "the mlflow_tracking_uri parameter"), (config.tracking.mlflow_uri, "tracking")):
+        if value.strip():
+            _refuse_visible_password(value.strip(), where)
+            return value.strip()
+    from_env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if from_env:
+        return from_env
+    if output_dir.strip():
+        return f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
+    raise ConfigError(
+        "no MLflow tracking URI: set the mlflow_tracking_uri parameter, tracking.mlflow_uri in the config, "
+        "MLFLOW_TRACKING_URI in the step environment (ConfigMap autoft-pipeline-config), or output_dir"
+    )
+
+
+@contextmanager
+def stopwatch() -> Iterator[dict[str, float]]:
+    """Measure a block; the seconds land in the yielded dict under ``seconds`` (artifact metadata)."""
+    timing = {"seconds": 0.0}
+    start = time.perf_counter()
+    try:
+        yield timing
+    finally:
+        timing["seconds"] = round(time.perf_counter() - start, 3)
+
+
+def move_into(source: Path, destination: Path) -> Path:
+    """Move a file or folder to an artifact path (which KFP creates only up to its parent)."""
+    destination = Path(destination)
+    if destination.is_dir():
+        shutil.rmtree(destination)  # a retried task finds its previous attempt's output
+    elif destination.exists():
+        destination.unlink()
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(source), str(destination))
+    return destination
+
+
+def method_model_folders(methods: list[str], zeroshot: str, provided: dict[str, str | None]) -> dict[str, Path]:
+    """The saved classifier folder of every method in the run, from the artifact paths a step received.
+
+    ``provided`` maps a fine-tuned method (or its ``_wiseft`` variant) to its model artifact's path, or
+    None when the pipeline did not wire one; a method of the run without a model is a wiring error.
+    """
+    folders: dict[str, Path] = {}
+    for method in methods:
+        path = zeroshot if method == "zeroshot" else provided.get(method)
+        if not path:
+            raise ValueError(f"no model artifact was passed for method {method!r}; the pipeline wiring is wrong")
+        folders[method] = Path(path)
+    return folders
+
+
+# The methods whose model the gate can promote to the registry (the register step wires these two).
+CANDIDATE_METHODS = ("autoft", "autoft_wiseft")
+
+
+def check_candidate(candidate_method: str, methods: list[str]) -> None:
+    """The candidate must be an AutoFT model of this run; a run without AutoFT has none ('')."""
+    allowed = [m for m in CANDIDATE_METHODS if m in methods]
+    if candidate_method in allowed or (not allowed and candidate_method == ""):
+        return
+    raise ConfigError(
+        f"candidate_method {candidate_method!r} is not allowed for methods {methods}; allowed: {allowed or ['']}"
+    )
+
+
+def open_tracker(config: AutoFTConfig, mlflow_uri: str, output_dir: str) -> Tracker:
+    """The run's MLflow tracker (autoft.tracking), strict: a step whose tracking fails must fail.
+
+    Its run root (the journal of unsent calls, and SQLite's artifact store) is ``output_dir`` when set.
+    """
+    from autoft.tracking import Tracker
+
+    root = Path(output_dir) if output_dir.strip() else Path(tempfile.mkdtemp(prefix="autoft-tracking-"))
+    return Tracker(
+        resolve_mlflow_uri(mlflow_uri, config, output_dir),
+        config.tracking.experiment,
+        run_root=root,
+        registered_model=config.tracking.registered_model,
+        strict=True,
+    )
+
+
+def start_pipeline_run(tracker: Tracker, run_id: str, mlflow_run_id: str = "", run_name: str | None = None) -> str:
+    """The MLflow run of this pipeline run: ``mlflow_run_id`` when given, else the one tagged with the
+    KFP run id (created by the first step that asks), else KFP's injected MLFLOW_RUN_ID."""
+    from autoft.tracking import ENV_KFP_RUN_ID
+
+    # Tracker finds the pipeline's run by the KFP run id it reads from the environment; set it for
+    # this call only, so a step function called in-process (tests) leaves the environment as it was.
+    previous = os.environ.get(ENV_KFP_RUN_ID)
+    os.environ[ENV_KFP_RUN_ID] = run_id
+    try:
+        parent = tracker.start_pipeline_run(run_name, parent_run_id=mlflow_run_id.strip() or None)
+    finally:
+        if previous is None:
+            os.environ.pop(ENV_KFP_RUN_ID, None)
+        else:
+            os.environ[ENV_KFP_RUN_ID] = previous
+    if not parent:
+        raise RuntimeError(f"no MLflow pipeline run for KFP run {run_id} at {tracker.safe_uri}")
+    return parent
+
+
+def results_metrics(results: dict[str, Any]) -> dict[str, float]:
+    """results.json as MLflow metrics: ``<method>.id_test``, ``<method>.ood.<shift>``, ``<method>.ood_avg``, ..."""
+    metrics: dict[str, float] = {}
+    for method, row in results["methods"].items():
+        for key in ("id_val", "id_test", "ood_avg"):
+            if row.get(key) is not None:
+                metrics[f"{method}.{key}"] = float(row[key])
+        for shift, value in row["ood"].items():
+            metrics[f"{method}.ood.{shift}"] = float(value)
+    for method, search in results.get("search", {}).items():
+        metrics[f"search.{method}.best_value"] = float(search["best_value"])
+        metrics[f"search.{method}.trials_complete"] = float(search["trials_complete"])
+    for stage, seconds in results.get("timing_s", {}).items():
+        metrics[f"timing_s.{stage}"] = float(seconds)
+    return metrics
+
+
+def close_pipeline_runs(
+    config: AutoFTConfig, mlflow_uri: str, output_dir: str, run_id: str, succeeded: bool
+) -> list[str]:
+    """End this pipeline run's MLflow runs still RUNNING: the pipeline run itself (FINISHED, or FAILED when
+    the pipeline failed) and any step run cut short (KILLED). Returns the ids it ended.
+
+    Nothing is created: with a SQLite store that does not exist yet (the run failed before the report),
+    or no run tagged with this KFP run id, there is nothing to close.
+    """
+    from autoft.tracking import TAG_KFP_RUN_ID, TAG_PIPELINE_RUN, TAG_ROLE
+
+    uri = resolve_mlflow_uri(mlflow_uri, config, output_dir)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return []
+    if "'" in run_id:
+        raise ValueError(f"unexpected quote in the KFP run id {run_id!r}")
+    tracker = open_tracker(config, mlflow_uri, output_dir)
+    experiment = tracker.client.get_experiment_by_name(config.tracking.experiment)
+    if experiment is None:
+        return []
+    found = tracker.client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{TAG_KFP_RUN_ID}` = '{run_id}' and tags.`{TAG_ROLE}` = 'pipeline'",
+    )
+    closed: list[str] = []
+    for pipeline_run in found:
+        children = tracker.client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`{TAG_PIPELINE_RUN}` = '{pipeline_run.info.run_id}' and attributes.status = 'RUNNING'",
+        )
+        for child in children:
+            tracker.client.set_terminated(child.info.run_id, "KILLED")
+            closed.append(child.info.run_id)
+        if pipeline_run.info.status == "RUNNING":
+            tracker.client.set_terminated(pipeline_run.info.run_id, "FINISHED" if succeeded else "FAILED")
+            closed.append(pipeline_run.info.run_id)
+    return closed

@@ -1,0 +1,77 @@
+"""Compile the pipeline to its IR YAML (what Kubeflow runs), deterministically.
+
+The committed ``pipeline/compiled/autoft_pipeline.yaml`` is the default preset compiled with the default
+cluster settings; tests/test_pipeline_compile.py fails when it is stale (`autoft compile` refreshes it).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kfp import compiler
+
+from autoft.config import AutoFTConfig
+from autoft.methods import BASE_METHODS, WISEFT_SUFFIX
+from pipeline.autoft_pipeline import build_pipeline
+from pipeline.cluster import ClusterSettings
+
+COMPILED_PIPELINE = Path(__file__).resolve().parent / "compiled" / "autoft_pipeline.yaml"
+
+
+def all_methods() -> list[str]:
+    """Every method the pipeline can run: the base methods, then the WiSE-FT variant of each fine-tuned one."""
+    bases = list(BASE_METHODS)
+    return [*bases, *(f"{m}{WISEFT_SUFFIX}" for m in bases if BASE_METHODS[m].finetunes)]
+
+
+def with_methods(config: AutoFTConfig, methods: list[str]) -> AutoFTConfig:
+    """The config with its method list replaced (the compiled branches follow ``config.methods``)."""
+    changed = config.model_copy(deep=True)
+    changed.methods = list(methods)
+    return changed
+
+
+def compile_pipeline(
+    config: AutoFTConfig, package_path: Path = COMPILED_PIPELINE, settings: ClusterSettings | None = None
+) -> Path:
+    """Write the IR YAML for ``config`` (its methods become the DAG's branches, it becomes the default config).
+
+    The file is replaced in one rename, so a failed compile never leaves a truncated pipeline behind.
+    """
+    package_path = Path(package_path)
+    package_path.parent.mkdir(parents=True, exist_ok=True)
+    # The compiler picks the format from the suffix, so the temporary file keeps ``.yaml``.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{package_path.stem}.", suffix=".yaml", dir=package_path.parent)
+    os.close(fd)
+    try:
+        compiler.Compiler().compile(build_pipeline(config, settings), tmp_name)
+        # mkstemp creates the file private (0600); a compiled pipeline is an ordinary, shared file.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)
+        os.replace(tmp_name, package_path)
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
+    return package_path
+
+
+def read_pipeline_spec(package_path: Path = COMPILED_PIPELINE) -> dict[str, Any]:
+    """The compiled IR as a mapping (the first YAML document; a second one holds kfp-kubernetes settings)."""
+    documents = list(yaml.safe_load_all(Path(package_path).read_text()))
+    if not documents or not isinstance(documents[0], dict) or "pipelineInfo" not in documents[0]:
+        raise ValueError(f"{package_path} is not a compiled KFP pipeline (no pipelineInfo)")
+    return documents[0]
+
+
+def pipeline_parameters(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The root parameters of a compiled pipeline: name -> {parameterType, defaultValue, description}."""
+    return spec["root"]["inputDefinitions"]["parameters"]
+
+
+def compiled_default_config(spec: dict[str, Any]) -> dict[str, Any]:
+    """The config the pipeline was compiled from (its config_yaml default), whose methods are the branches."""
+    return yaml.safe_load(pipeline_parameters(spec)["config_yaml"]["defaultValue"])

@@ -1,0 +1,284 @@
+"""`autoft submit`: upload the compiled pipeline as a version named by the git commit, then start a run
+(or a recurring run) in an experiment, with parameters from a preset.
+
+The work is planned first as a list of ``kfp.Client`` calls with their exact arguments; ``--dry-run``
+prints that plan as JSON, and a real submission executes the same plan, so what is shown is what is sent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autoft.config import AutoFTConfig, ConfigError
+from pipeline.autoft_pipeline import config_parameter
+from pipeline.compile import COMPILED_PIPELINE, compiled_default_config, pipeline_parameters, read_pipeline_spec
+
+DEFAULT_SERVICE_ACCOUNT = "autoft-pipeline-runner"  # manifests/base/pipeline/serviceaccount.yaml
+TOKEN_ENV = "KFP_TOKEN"  # a bearer token for kfp.Client(existing_token=...), never on the command line
+VERSION_SHA_LENGTH = 12
+# KFP's list filters use numeric operation codes (kfp.client.client._FILTER_OPERATIONS["EQUALS"]).
+FILTER_EQUALS = 1
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A value only known once an earlier call has returned (an id); shown as ``<name>`` in a dry run."""
+
+    name: str
+
+
+@dataclass
+class ClientCall:
+    """One ``kfp.Client`` method call; ``stores`` names the id its result provides to later calls."""
+
+    method: str
+    kwargs: dict[str, Any]
+    stores: str | None = None
+    when: str | None = None  # a condition checked at run time, e.g. "pipeline_id is None"
+
+    def to_json(self) -> dict[str, Any]:
+        shown = {k: f"<{v.name}>" if isinstance(v, Ref) else v for k, v in self.kwargs.items()}
+        payload: dict[str, Any] = {"method": self.method, "kwargs": shown}
+        if self.stores:
+            payload["stores"] = self.stores
+        if self.when:
+            payload["when"] = self.when
+        return payload
+
+
+@dataclass
+class SubmitPlan:
+    host: str
+    namespace: str | None
+    pipeline_name: str
+    version_name: str
+    experiment: str
+    run_name: str
+    parameters: dict[str, Any]
+    schedule: str | None
+    calls: list[ClientCall] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "namespace": self.namespace,
+            "pipeline": self.pipeline_name,
+            "version": self.version_name,
+            "experiment": self.experiment,
+            "run_name": self.run_name,
+            "schedule": self.schedule,
+            "parameters": self.parameters,
+            "calls": [call.to_json() for call in self.calls],
+        }
+
+
+def git_version(repo: Path | None = None) -> str:
+    """The pipeline version name: the commit (12 hex digits), ``-dirty`` when tracked files changed.
+
+    CI provides GITHUB_SHA; elsewhere git is asked. Uploading the same commit twice reuses its version.
+    """
+    repo = repo or Path(__file__).resolve().parents[1]
+    sha = os.environ.get("GITHUB_SHA", "").strip()
+    dirty = False
+    if not sha:
+        try:
+            sha = subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True, text=True
+            ).stdout.strip()
+            status = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=repo,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            dirty = bool(status.strip())
+        except (OSError, subprocess.CalledProcessError) as error:
+            raise ConfigError(f"cannot name the pipeline version: git failed ({error}); pass --version-name") from None
+    return sha[:VERSION_SHA_LENGTH] + ("-dirty" if dirty else "")
+
+
+def kfp_cron(schedule: str) -> str:
+    """KFP wants 6 cron fields (seconds first); a standard 5-field expression gets ``0`` seconds."""
+    fields = schedule.split()
+    if len(fields) == 5:
+        return " ".join(["0", *fields])
+    if len(fields) == 6:
+        return " ".join(fields)
+    raise ConfigError(f"--schedule {schedule!r}: use a cron expression of 5 fields (min hour dom mon dow) or 6")
+
+
+def parse_parameters(items: list[str], declared: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``name=value`` pairs (values parsed as YAML) for declared pipeline parameters."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--param {item!r}: use NAME=VALUE, e.g. --param search_workers=4")
+        name = name.strip()
+        if name not in declared:
+            raise ConfigError(f"--param {name!r} is not a pipeline parameter; parameters: {sorted(declared)}")
+        if name in ("config_yaml", "config_overrides"):
+            raise ConfigError(f"--param {name}: the config comes from --preset/--config and --set")
+        values[name] = yaml.safe_load(text) if text.strip() else ""
+    return values
+
+
+def plan_submission(
+    config: AutoFTConfig,
+    *,
+    host: str,
+    namespace: str | None = None,
+    package_path: Path = COMPILED_PIPELINE,
+    version_name: str | None = None,
+    experiment: str | None = None,
+    run_name: str | None = None,
+    params: list[str] | None = None,
+    schedule: str | None = None,
+    service_account: str = DEFAULT_SERVICE_ACCOUNT,
+    enable_caching: bool = False,
+) -> SubmitPlan:
+    """Everything `autoft submit` will send, checked against the compiled pipeline before any network call."""
+    spec = read_pipeline_spec(package_path)
+    declared = pipeline_parameters(spec)
+    compiled_methods = compiled_default_config(spec).get("methods")
+    if list(config.methods) != list(compiled_methods or []):
+        raise ConfigError(
+            f"preset {config.preset!r} runs methods {config.methods} but {package_path} was compiled for "
+            f"{compiled_methods}; compile for it first: autoft compile --preset {config.preset} --methods config"
+        )
+    pipeline_name = spec["pipelineInfo"]["name"]
+    version = version_name or git_version()
+    experiment = experiment or f"autoft-{config.preset}"
+    run_name = run_name or f"autoft-{config.preset}-{version}"
+    parameters: dict[str, Any] = {"config_yaml": config_parameter(config), **parse_parameters(params or [], declared)}
+    package = str(Path(package_path).resolve())
+    version_filter = json.dumps(
+        {"predicates": [{"operation": FILTER_EQUALS, "key": "name", "stringValue": version}]}, sort_keys=True
+    )
+    calls = [
+        ClientCall("get_pipeline_id", {"name": pipeline_name}, stores="pipeline_id"),
+        ClientCall(
+            "upload_pipeline",
+            {
+                "pipeline_package_path": package,
+                "pipeline_name": pipeline_name,
+                "description": "AutoFT: robust fine-tuning of CLIP with a learned objective",
+            },
+            stores="pipeline_id",
+            when="pipeline_id is None",
+        ),
+        ClientCall(
+            "list_pipeline_versions", {"pipeline_id": Ref("pipeline_id"), "filter": version_filter}, stores="version_id"
+        ),
+        ClientCall(
+            "upload_pipeline_version",
+            {
+                "pipeline_package_path": package,
+                "pipeline_version_name": version,
+                "pipeline_id": Ref("pipeline_id"),
+                "description": f"commit {version}",
+            },
+            stores="version_id",
+            when="version_id is None",
+        ),
+        ClientCall(
+            "create_experiment",
+            {"name": experiment, "description": f"AutoFT runs of preset {config.preset}", "namespace": namespace},
+            stores="experiment_id",
+        ),
+    ]
+    common = {
+        "experiment_id": Ref("experiment_id"),
+        "job_name": run_name,
+        "params": parameters,
+        "pipeline_id": Ref("pipeline_id"),
+        "version_id": Ref("version_id"),
+        "enable_caching": enable_caching,
+        "service_account": service_account,
+    }
+    if schedule:
+        calls.append(
+            ClientCall(
+                "create_recurring_run",
+                {
+                    **common,
+                    "description": f"AutoFT {config.preset} on schedule {schedule}",
+                    "cron_expression": kfp_cron(schedule),
+                    # One run at a time, and no burst of missed runs after a pause.
+                    "max_concurrency": 1,
+                    "no_catchup": True,
+                },
+                stores="recurring_run_id",
+            )
+        )
+    else:
+        calls.append(ClientCall("run_pipeline", common, stores="run_id"))
+    return SubmitPlan(host, namespace, pipeline_name, version, experiment, run_name, parameters, schedule, calls)
+
+
+def client_arguments(host: str, namespace: str | None, ssl_ca_cert: str | None = None) -> dict[str, Any]:
+    """kfp.Client's arguments: the host, the namespace, and credentials by the usual KFP means.
+
+    ``$KFP_TOKEN`` becomes ``existing_token``; otherwise, where a KFP service-account token is mounted
+    (``$KF_PIPELINES_SA_TOKEN_PATH`` or its default path), it is read by kfp's own
+    ServiceAccountTokenVolumeCredentials; otherwise kfp.Client falls back to kubeconfig / no auth.
+    """
+    from kfp import client as kfp_client
+
+    arguments: dict[str, Any] = {"host": host}
+    if namespace:
+        arguments["namespace"] = namespace
+    if ssl_ca_cert:
+        arguments["ssl_ca_cert"] = ssl_ca_cert
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    token_path = os.environ.get(kfp_client.KF_PIPELINES_SA_TOKEN_ENV) or kfp_client.KF_PIPELINES_SA_TOKEN_PATH
+    if token:
+        arguments["existing_token"] = token
+    elif Path(token_path).is_file():
+        arguments["credentials"] = kfp_client.ServiceAccountTokenVolumeCredentials()
+    return arguments
+
+
+# Where each call's result keeps the id later calls need (kfp_server_api models).
+ID_FIELDS = {
+    "upload_pipeline": "pipeline_id",
+    "upload_pipeline_version": "pipeline_version_id",
+    "create_experiment": "experiment_id",
+    "run_pipeline": "run_id",
+    "create_recurring_run": "recurring_run_id",
+}
+
+
+def _result_id(method: str, result: Any) -> str | None:
+    if method == "get_pipeline_id":
+        return result
+    if method == "list_pipeline_versions":
+        versions = result.pipeline_versions or []
+        return versions[0].pipeline_version_id if versions else None
+    value = getattr(result, ID_FIELDS[method], None)
+    if not value:
+        raise RuntimeError(f"kfp.Client.{method} returned {type(result).__name__} without {ID_FIELDS[method]}")
+    return value
+
+
+def execute(plan: SubmitPlan, client: Any) -> dict[str, str | None]:
+    """Run the planned calls on a ``kfp.Client``; returns the ids they produced."""
+    ids: dict[str, str | None] = {}
+    for call in plan.calls:
+        if call.when == "pipeline_id is None" and ids.get("pipeline_id"):
+            continue
+        if call.when == "version_id is None" and ids.get("version_id"):
+            continue
+        kwargs = {k: ids[v.name] if isinstance(v, Ref) else v for k, v in call.kwargs.items()}
+        result = getattr(client, call.method)(**kwargs)
+        if call.stores:
+            ids[call.stores] = _result_id(call.method, result)
+    return ids

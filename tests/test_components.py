@@ -1,0 +1,601 @@
+"""Each KFP component's python function, called directly (``.python_func``) on small real inputs.
+
+The steps run in order on the built-in digits data with a tiny random CLIP, passing real artifact
+objects (folders on disk, metadata, metrics) the way KFP would; every assertion checks what a later
+step or a person relies on. One module-scoped chain keeps it to one data preparation and one search.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from components.build_zeroshot.component import build_zeroshot
+from components.create_study.component import create_study
+from components.evaluate.component import evaluate
+from components.finalize.component import finalize
+from components.finetune.component import finetune
+from components.gate.component import gate
+from components.gate.decision import Champion, decide
+from components.prepare_data.component import prepare_data
+from components.register.component import register
+from components.report.component import report
+from components.runtime import (
+    STUDY_STORAGE_ENV,
+    check_candidate,
+    load_step_config,
+    method_model_folders,
+    run_scoped,
+    study_storage_reference,
+    study_storage_url,
+)
+from components.search_worker.component import search_worker
+from components.select_best.component import select_best
+from kfp.dsl import (
+    HTML,
+    Artifact,
+    ClassificationMetrics,
+    Dataset,
+    Markdown,
+    Metrics,
+    Model,
+    PipelineTaskFinalStatus,
+)
+from mlflow import MlflowClient
+
+from autoft.config import AutoFTConfig, ConfigError, config_to_yaml, validate_config
+from autoft.report import RESULTS_SCHEMA
+
+METHODS = ["zeroshot", "autoft", "autoft_ce", "autoft_wiseft"]
+RUN_ID = "run-1"
+
+
+def tiny_config(methods: list[str], mlflow_uri: str = "") -> AutoFTConfig:
+    """The built-in digits data with one OOD test shift, a tiny random CLIP, 2 trials of 2 steps, 1 epoch."""
+    return validate_config(
+        {
+            "preset": "component-test",
+            "methods": methods,
+            "device": "cpu",
+            "model": {"name": "autoft-tiny-vit", "pretrained": ""},
+            "data": {
+                "dataset": "digits",
+                "batch_size": 32,
+                "eval_batch_size": 512,
+                "ood_val": {"size": 60, "class_balanced": True},
+                "options": {"ood_test_shifts": ["invert"], "ood_val_min_size": 60},
+            },
+            "search": {"n_trials": 2, "inner_steps": 2, "base_lr": 1e-4},
+            "finetune": {"epochs": 1, "batch_size": 32, "warmup_steps": 2},
+            "wiseft": {"alphas": [0.0, 0.5, 1.0]},
+            "tracking": {"mlflow_uri": mlflow_uri, "experiment": "component-tests", "registered_model": "tiny-clip"},
+        }
+    )
+
+
+def artifact(kind: type, folder: Path, name: str, metadata: dict[str, Any] | None = None) -> Any:
+    """An artifact object as KFP hands it to a step: a local URI under ``folder`` (not created yet)."""
+    return kind(name=name, uri=str(folder / name), metadata=dict(metadata or {}))
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("components")
+
+
+@pytest.fixture(scope="module")
+def config(work: Path) -> AutoFTConfig:
+    return tiny_config(METHODS, mlflow_uri=f"sqlite:///{work / 'mlflow.db'}")
+
+
+@pytest.fixture(scope="module")
+def common(config: AutoFTConfig) -> dict[str, Any]:
+    return {"config_yaml": config_to_yaml(config), "config_overrides": [], "methods": METHODS}
+
+
+@pytest.fixture(scope="module")
+def prepared(work: Path, common: dict[str, Any]) -> tuple[Dataset, list[str]]:
+    dataset = artifact(Dataset, work, "prepared")
+    eval_sets = prepare_data.python_func(**common, candidate_method="autoft", prepared=dataset)
+    return dataset, eval_sets
+
+
+@pytest.fixture(scope="module")
+def zeroshot(work: Path, common: dict[str, Any], prepared: tuple[Dataset, list[str]]) -> Model:
+    model = artifact(Model, work, "zeroshot")
+    build_zeroshot.python_func(**common, prepared=prepared[0], zeroshot=model)
+    return model
+
+
+@pytest.fixture(scope="module")
+def study_items(work: Path, common: dict[str, Any]) -> list[dict]:
+    return create_study.python_func(
+        **common, method="autoft", study_storage=str(work / "studies"), run_id=RUN_ID, search_workers=2
+    )
+
+
+@pytest.fixture(scope="module")
+def searched(
+    common: dict[str, Any], study_items: list[dict], prepared: tuple[Dataset, list[str]], zeroshot: Model
+) -> list[int]:
+    # Two workers in turn on one study: together they run the TOTAL budget, not twice it.
+    return [
+        search_worker.python_func(
+            **common,
+            method="autoft",
+            worker_index=item["worker_index"],
+            storage=item["storage"],
+            study_name=item["study_name"],
+            run_id=RUN_ID,
+            prepared=prepared[0],
+            zeroshot=zeroshot,
+        )
+        for item in study_items
+    ]
+
+
+@pytest.fixture(scope="module")
+def best(work: Path, common: dict[str, Any], searched: list[int]) -> tuple[Artifact, Metrics]:
+    hparams = artifact(Artifact, work, "best_hparams")
+    metrics = artifact(Metrics, work, "search_metrics")
+    select_best.python_func(
+        **common,
+        method="autoft",
+        study_storage=str(work / "studies"),
+        run_id=RUN_ID,
+        best_hparams=hparams,
+        search_metrics=metrics,
+    )
+    return hparams, metrics
+
+
+def run_finetune(
+    work: Path, common: dict[str, Any], method: str, prepared: Dataset, zeroshot: Model, hparams: Artifact
+) -> dict[str, Any]:
+    outputs = {
+        "model": artifact(Model, work, f"{method}_model"),
+        "wiseft_model": artifact(Model, work, f"{method}_wiseft_model"),
+        "summary": artifact(Artifact, work, f"{method}_summary"),
+        "finetune_metrics": artifact(Metrics, work, f"{method}_metrics"),
+    }
+    finetune.python_func(**common, method=method, prepared=prepared, zeroshot=zeroshot, hparams=hparams, **outputs)
+    return outputs
+
+
+@pytest.fixture(scope="module")
+def tuned(
+    work: Path,
+    common: dict[str, Any],
+    prepared: tuple[Dataset, list[str]],
+    zeroshot: Model,
+    best: tuple[Artifact, Metrics],
+) -> dict[str, dict[str, Any]]:
+    # autoft_ce is the control that borrows autoft's lr and wd: it receives autoft's select_best output.
+    return {m: run_finetune(work, common, m, prepared[0], zeroshot, best[0]) for m in ("autoft", "autoft_ce")}
+
+
+def model_inputs(tuned: dict[str, dict[str, Any]]) -> dict[str, Model]:
+    return {
+        "autoft": tuned["autoft"]["model"],
+        "autoft_ce": tuned["autoft_ce"]["model"],
+        "autoft_wiseft": tuned["autoft"]["wiseft_model"],
+    }
+
+
+@pytest.fixture(scope="module")
+def evaluations(
+    work: Path,
+    common: dict[str, Any],
+    prepared: tuple[Dataset, list[str]],
+    zeroshot: Model,
+    tuned: dict[str, dict[str, Any]],
+) -> dict[str, dict[str, Any]]:
+    results = {}
+    for eval_set in prepared[1]:
+        outputs = {
+            "results": artifact(Artifact, work, f"eval_{eval_set}"),
+            "eval_metrics": artifact(Metrics, work, f"eval_{eval_set}_metrics"),
+            "confusion": artifact(ClassificationMetrics, work, f"eval_{eval_set}_confusion"),
+        }
+        evaluate.python_func(
+            **common,
+            eval_set=eval_set,
+            candidate_method="autoft",
+            prepared=prepared[0],
+            zeroshot=zeroshot,
+            **model_inputs(tuned),
+            **outputs,
+        )
+        results[eval_set] = outputs
+    return results
+
+
+@pytest.fixture(scope="module")
+def reported(
+    work: Path,
+    common: dict[str, Any],
+    prepared: tuple[Dataset, list[str]],
+    best: tuple[Artifact, Metrics],
+    tuned: dict[str, dict[str, Any]],
+    evaluations: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    outputs = {
+        "results": artifact(Artifact, work, "results"),
+        "report_md": artifact(Markdown, work, "report_md"),
+        "report_html": artifact(HTML, work, "report_html"),
+        "summary_metrics": artifact(Metrics, work, "summary_metrics"),
+    }
+    run_id = report.python_func(
+        **common,
+        run_id=RUN_ID,
+        mlflow_tracking_uri="",
+        output_dir=str(work / "run"),
+        prepared=prepared[0],
+        evals=[e["results"] for e in evaluations.values()],
+        autoft_search=best[0],
+        autoft_finetune=tuned["autoft"]["summary"],
+        autoft_ce_finetune=tuned["autoft_ce"]["summary"],
+        **outputs,
+    )
+    return {"mlflow_run_id": run_id, **outputs}
+
+
+def run_gate(work: Path, common: dict[str, Any], reported: dict[str, Any], min_gain: float) -> tuple[bool, Metrics]:
+    metrics = artifact(Metrics, work, f"gate_metrics_{min_gain}")
+    passed = gate.python_func(
+        **common,
+        candidate_method="autoft",
+        gate_baselines=["zeroshot", "autoft_ce"],
+        gate_min_gain=min_gain,
+        registered_model="",
+        mlflow_tracking_uri="",
+        output_dir=str(work / "run"),
+        run_id=RUN_ID,
+        mlflow_run_id=reported["mlflow_run_id"],
+        results=reported["results"],
+        gate_metrics=metrics,
+    )
+    return passed, metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# the chain of steps
+# ---------------------------------------------------------------------------------------------
+
+
+def test_prepare_data_writes_manifests_and_names_the_eval_sets(prepared: tuple[Dataset, list[str]]) -> None:
+    dataset, eval_sets = prepared
+    folder = Path(dataset.path)
+    index = json.loads((folder / "data.json").read_text())
+    assert eval_sets == ["id_val", "id_test", "ood_val", "invert"]
+    assert index["ood_tests"] == ["invert"]
+    assert (folder / "ood_val.json").is_file()
+    assert yaml.safe_load((folder / "config.yaml").read_text())["methods"] == METHODS
+    assert dataset.metadata["ood_tests"] == ["invert"]
+    assert dataset.metadata["num_classes"] == 10
+    assert dataset.metadata["ood_val_indices_hash"] == index["ood_val_indices_hash"]
+
+
+def test_prepare_data_refuses_bad_parameters_before_any_compute(tmp_path: Path, common: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="candidate_method 'ft'"):
+        prepare_data.python_func(**common, candidate_method="ft", prepared=artifact(Dataset, tmp_path, "a"))
+    with pytest.raises(ConfigError, match="compiled for"):
+        prepare_data.python_func(
+            **{**common, "config_overrides": ["methods=[zeroshot,ft]"]},
+            candidate_method="",
+            prepared=artifact(Dataset, tmp_path, "b"),
+        )
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_build_zeroshot_saves_a_loadable_classifier(zeroshot: Model) -> None:
+    from autoft.models.classifier import load_classifier
+
+    model = load_classifier(zeroshot.path)
+    assert model.num_classes == 10
+    assert zeroshot.metadata["method"] == "zeroshot"
+
+
+def test_create_study_returns_one_item_per_worker_on_a_run_scoped_study(work: Path, study_items: list[dict]) -> None:
+    assert [item["worker_index"] for item in study_items] == [0, 1]
+    assert {item["study_name"] for item in study_items} == {f"autoft-{RUN_ID}-autoft"}
+    assert {item["storage"] for item in study_items} == {str(work / "studies")}
+    assert (work / "studies" / "autoft.journal").is_file()
+
+
+def test_search_workers_share_the_total_budget(config: AutoFTConfig, work: Path, searched: list[int]) -> None:
+    assert searched == [2, 2]  # the second worker found the budget met
+    storage = study_storage_url(str(work / "studies"), "autoft")
+    from autoft.search.study import open_storage
+
+    study = optuna.load_study(study_name=f"autoft-{RUN_ID}-autoft", storage=open_storage(storage, config.search))
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 2
+
+
+def test_search_worker_refuses_an_item_of_another_run(
+    common: dict[str, Any], study_items: list[dict], prepared: tuple[Dataset, list[str]], zeroshot: Model
+) -> None:
+    with pytest.raises(ValueError, match=r"this run.s autoft study"):
+        search_worker.python_func(
+            **common,
+            method="autoft",
+            worker_index=0,
+            storage=study_items[0]["storage"],
+            study_name=study_items[0]["study_name"],
+            run_id="some-other-run",
+            prepared=prepared[0],
+            zeroshot=zeroshot,
+        )
+
+
+def test_select_best_writes_effective_hparams_and_metrics(best: tuple[Artifact, Metrics]) -> None:
+    hparams, metrics = best
+    payload = json.loads(Path(hparams.path).read_text())
+    assert payload["method"] == "autoft"
+    assert payload["trials_complete"] == 2
+    assert payload["hparams"]["weights"]["ce"] == 1.0  # the anchor, stored as used
+    assert hparams.metadata["best_value"] == payload["best_value"]
+    assert metrics.metadata["lr"] == pytest.approx(payload["hparams"]["lr"])
+    assert metrics.metadata["trials_complete"] == 2
+    assert "w_hinge" in metrics.metadata
+
+
+def test_finetune_outputs_model_wiseft_model_and_summary(
+    tuned: dict[str, dict[str, Any]], best: tuple[Artifact, Metrics]
+) -> None:
+    from autoft.models.classifier import load_classifier
+
+    searched = json.loads(Path(best[0].path).read_text())["hparams"]
+    for method, outputs in tuned.items():
+        load_classifier(outputs["model"].path)
+        load_classifier(outputs["wiseft_model"].path)
+        summary = json.loads(Path(outputs["summary"].path).read_text())
+        assert summary["wiseft"]["alphas"] == [0.0, 0.5, 1.0]
+        assert outputs["wiseft_model"].metadata["wiseft_alpha"] == summary["wiseft"]["best_alpha"]
+        assert outputs["finetune_metrics"].metadata["best_epoch"] == 0
+        assert summary["hparams"]["lr"] == pytest.approx(searched["lr"]), method
+    # The control keeps autoft's lr and wd but trains with cross-entropy alone.
+    assert json.loads(Path(tuned["autoft_ce"]["summary"].path).read_text())["hparams"]["weights"] == {"ce": 1.0}
+
+
+def test_evaluate_scores_every_method_and_logs_the_confusion_matrix(evaluations: dict[str, dict[str, Any]]) -> None:
+    shift = evaluations["invert"]
+    payload = json.loads(Path(shift["results"].path).read_text())
+    assert set(payload["models"]) == set(METHODS)
+    assert set(payload["wiseft_curves"]["autoft"]) == {"0.00", "0.50", "1.00"}
+    assert shift["results"].metadata["eval_set"] == "invert"
+    assert shift["eval_metrics"].metadata["autoft.accuracy"] == pytest.approx(payload["models"]["autoft"]["value"])
+    matrix = shift["confusion"].metadata["confusionMatrix"]
+    assert [spec["displayName"] for spec in matrix["annotationSpecs"]][:2] == ["zero", "one"]
+    assert len(matrix["annotationSpecs"]) == 10
+    assert sum(sum(row["row"]) for row in matrix["rows"]) == sum(
+        sum(row) for row in payload["models"]["autoft"]["confusion"]
+    )
+
+
+def test_evaluate_fails_when_a_method_has_no_model(
+    tmp_path: Path, common: dict[str, Any], prepared: tuple[Dataset, list[str]], zeroshot: Model
+) -> None:
+    with pytest.raises(ValueError, match="no model artifact was passed for method 'autoft'"):
+        evaluate.python_func(
+            **common,
+            eval_set="id_val",
+            candidate_method="autoft",
+            prepared=prepared[0],
+            zeroshot=zeroshot,
+            results=artifact(Artifact, tmp_path, "r"),
+            eval_metrics=artifact(Metrics, tmp_path, "m"),
+            confusion=artifact(ClassificationMetrics, tmp_path, "c"),
+        )
+
+
+def test_report_writes_results_in_the_benchmark_schema(work: Path, reported: dict[str, Any]) -> None:
+    results = json.loads(Path(reported["results"].path).read_text())
+    assert results["schema"] == RESULTS_SCHEMA
+    assert list(results["methods"]) == METHODS
+    assert set(results["methods"]["autoft"]) >= {"id_val", "id_test", "ood", "ood_avg", "hparams", "wiseft_alpha"}
+    assert list(results["methods"]["autoft"]["ood"]) == ["invert"]
+    assert results["search"]["autoft"]["trials_complete"] == 2
+    assert "autoft" in results["wiseft_curves"]
+    assert {"prepare", "search_autoft", "finetune_autoft", "finetune_autoft_ce", "evaluate"} <= set(results["timing_s"])
+    assert Path(reported["report_md"].path).read_text().startswith("# AutoFT report")
+    assert "data:image/png;base64," in Path(reported["report_html"].path).read_text()
+    for name in ("results.json", "report.md", "report.html", "plots/id_vs_ood.png", "config.yaml"):
+        assert (work / "run" / name).is_file(), name
+    summary = reported["summary_metrics"].metadata
+    assert summary["autoft.ood_avg"] == pytest.approx(results["methods"]["autoft"]["ood_avg"])
+
+
+def test_report_logs_the_pipeline_run_to_mlflow(config: AutoFTConfig, reported: dict[str, Any]) -> None:
+    from autoft.tracking import TAG_KFP_RUN_ID
+
+    client = MlflowClient(tracking_uri=config.tracking.mlflow_uri)
+    run = client.get_run(reported["mlflow_run_id"])
+    results = json.loads(Path(reported["results"].path).read_text())
+    assert run.data.tags[TAG_KFP_RUN_ID] == RUN_ID
+    assert run.data.metrics["autoft.ood.invert"] == pytest.approx(results["methods"]["autoft"]["ood"]["invert"])
+    assert run.data.params["config.search.n_trials"] == "2"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
+    assert {"report/results.json", "report/report.html"} <= artifacts
+    assert run.info.status == "RUNNING"  # the exit handler ends it
+
+
+def test_gate_then_register_then_gate_against_the_champion(
+    work: Path, config: AutoFTConfig, common: dict[str, Any], reported: dict[str, Any], tuned: dict[str, dict[str, Any]]
+) -> None:
+    blocked, metrics = run_gate(work, common, reported, min_gain=2.0)  # no model beats its rivals by 200 points
+    assert blocked is False and metrics.metadata["passed"] == 0
+    passed, metrics = run_gate(work, common, reported, min_gain=-1.0)
+    assert passed is True and "no baseline" not in metrics.metadata["reason"]
+
+    uri = register.python_func(
+        **common,
+        run_id=RUN_ID,
+        candidate_method="autoft",
+        registered_model="",
+        gate_min_gain=-1.0,
+        mlflow_tracking_uri="",
+        output_dir=str(work / "run"),
+        mlflow_run_id=reported["mlflow_run_id"],
+        results=reported["results"],
+        autoft=tuned["autoft"]["model"],
+        autoft_wiseft=tuned["autoft"]["wiseft_model"],
+    )
+    assert uri == "models:/tiny-clip/1"
+    client = MlflowClient(tracking_uri=config.tracking.mlflow_uri, registry_uri=config.tracking.mlflow_uri)
+    champion = client.get_model_version_by_alias("tiny-clip", "champion")
+    ood_avg = json.loads(Path(reported["results"].path).read_text())["methods"]["autoft"]["ood_avg"]
+    assert str(champion.version) == "1"
+    assert float(champion.tags["ood_avg"]) == pytest.approx(ood_avg)
+    assert champion.tags["preset"] == "component-test"
+    files = {a.path for a in client.list_artifacts(reported["mlflow_run_id"], "model/autoft")}
+    assert {"model/autoft/model.safetensors", "model/autoft/model_card.json"} <= files
+
+    # The same model again only ties the champion: with no margin the gate must not pass.
+    again, metrics = run_gate(work, common, reported, min_gain=0.0)
+    assert again is False
+    assert "champion v1" in metrics.metadata["reason"]
+    assert client.get_run(reported["mlflow_run_id"]).data.tags["autoft.gate_passed"] == "false"
+
+
+def test_finalize_fails_stale_trials_and_ends_the_mlflow_run(
+    work: Path, config: AutoFTConfig, common: dict[str, Any], reported: dict[str, Any]
+) -> None:
+    from autoft.search.study import open_storage
+
+    scoped = run_scoped(config, RUN_ID)
+    storage = open_storage(study_storage_url(str(work / "studies"), "autoft"), scoped.search)
+    study = optuna.load_study(study_name=f"autoft-{RUN_ID}-autoft", storage=storage)
+    stale = study.ask()  # a trial whose worker died: RUNNING for ever
+    status = PipelineTaskFinalStatus(
+        state="FAILED",
+        pipeline_job_resource_name="autoft",
+        pipeline_task_name="exit-handler-1",
+        error_code=1,
+        error_message="a step failed",
+    )
+    summary = json.loads(
+        finalize.python_func(
+            **common,
+            run_id=RUN_ID,
+            study_storage=str(work / "studies"),
+            mlflow_tracking_uri="",
+            output_dir=str(work / "run"),
+            status=status,
+        )
+    )
+    assert summary["failed_trials"] == {"autoft": [stale.number]}
+    assert study.trials[stale.number].state == optuna.trial.TrialState.FAIL
+    assert summary["closed_mlflow_runs"] == [reported["mlflow_run_id"]]
+    assert MlflowClient(tracking_uri=config.tracking.mlflow_uri).get_run(reported["mlflow_run_id"]).info.status == (
+        "FAILED"
+    )
+    assert json.loads((work / "run" / "pipeline_status.json").read_text())["state"] == "FAILED"
+    assert summary["problems"] == []
+
+
+def test_finalize_after_a_bad_config_reports_instead_of_raising(tmp_path: Path) -> None:
+    status = PipelineTaskFinalStatus("FAILED", "autoft", "exit-handler-1", 1, "prepare-data failed")
+    summary = json.loads(
+        finalize.python_func(
+            config_yaml="search: {n_trials: 0}",
+            config_overrides=[],
+            methods=[],
+            run_id=RUN_ID,
+            study_storage="",
+            mlflow_tracking_uri="",
+            output_dir=str(tmp_path),
+            status=status,
+        )
+    )
+    assert summary["problems"] and "n_trials" in summary["problems"][0]
+    assert (tmp_path / "pipeline_status.json").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# what the steps agree on
+# ---------------------------------------------------------------------------------------------
+
+
+def test_study_storage_reference_order_and_secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tiny_config(METHODS)
+    monkeypatch.delenv(STUDY_STORAGE_ENV, raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert study_storage_reference("postgresql://autoft@db/optuna", config) == "postgresql://autoft@db/optuna"
+    with_storage = config.model_copy(deep=True)
+    with_storage.search.storage = str(tmp_path / "all.journal")
+    assert study_storage_reference("", with_storage) == str(tmp_path / "all.journal")
+    with pytest.raises(ConfigError, match="visible in the Kubeflow UI"):
+        study_storage_reference("postgresql://autoft:secret@db/optuna", config)
+    monkeypatch.setenv(STUDY_STORAGE_ENV, "postgresql://autoft:secret@db/optuna")
+    reference = study_storage_reference("", config)
+    assert reference == f"env:{STUDY_STORAGE_ENV}" and "secret" not in reference
+    assert study_storage_url(reference, "autoft") == "postgresql://autoft:secret@db/optuna"
+    monkeypatch.delenv(STUDY_STORAGE_ENV)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    with pytest.raises(ConfigError, match="separate pods"):
+        study_storage_reference("", config)
+
+
+def test_study_storage_url_maps_folders_files_and_databases(tmp_path: Path) -> None:
+    assert study_storage_url(str(tmp_path), "ft") == str(tmp_path / "ft.journal")
+    assert study_storage_url(str(tmp_path / "one.journal"), "ft") == str(tmp_path / "one.journal")
+    assert study_storage_url("sqlite:///x.db", "ft") == "sqlite:///x.db"
+    with pytest.raises(ConfigError, match="NOT_SET_ANYWHERE"):
+        os.environ.pop("NOT_SET_ANYWHERE", None)
+        study_storage_url("env:NOT_SET_ANYWHERE", "ft")
+
+
+def test_run_scoped_study_names_differ_per_run() -> None:
+    config = tiny_config(METHODS)
+    assert run_scoped(config, "a").search.study_name != run_scoped(config, "b").search.study_name
+    assert config.search.study_name == "autoft"  # the original is untouched
+
+
+def test_load_step_config_applies_overrides_and_validates() -> None:
+    config = tiny_config(METHODS)
+    loaded = load_step_config(config_to_yaml(config), ["search.n_trials=7"], METHODS)
+    assert loaded.search.n_trials == 7
+    with pytest.raises(ConfigError, match=r"search\.n_trials"):
+        load_step_config(config_to_yaml(config), ["search.n_trials=0"], METHODS)
+    with pytest.raises(ConfigError, match="mapping"):
+        load_step_config("- a\n- b\n", [], METHODS)
+    # A config without a method list (e.g. pasted from elsewhere) runs the compiled branches.
+    assert load_step_config("seed: 3", [], METHODS).methods == METHODS
+
+
+def test_check_candidate_and_model_folders() -> None:
+    check_candidate("autoft_wiseft", METHODS)
+    check_candidate("", ["zeroshot", "ft"])
+    with pytest.raises(ConfigError, match="allowed"):
+        check_candidate("autoft_ce", METHODS)
+    folders = method_model_folders(["zeroshot", "ft"], "/zs", {"ft": "/ft", "flyp": None})
+    assert folders == {"zeroshot": Path("/zs"), "ft": Path("/ft")}
+
+
+def test_gate_decision_rules() -> None:
+    results = {
+        "methods": {
+            "zeroshot": {"ood_avg": 0.40},
+            "ft": {"ood_avg": 0.50},
+            "autoft": {"ood_avg": 0.55},
+            "autoft_wiseft": {"ood_avg": None},
+        }
+    }
+    assert decide(results, "autoft", ["zeroshot", "ft"], 0.0, None, "p", "accuracy").passed
+    assert not decide(results, "autoft", ["zeroshot", "ft"], 0.1, None, "p", "accuracy").passed
+    better = Champion("3", 0.60, "p", "accuracy")
+    assert not decide(results, "autoft", ["ft"], 0.0, better, "p", "accuracy").passed
+    worse = Champion("3", 0.45, "p", "accuracy")
+    assert decide(results, "autoft", ["ft"], 0.0, worse, "p", "accuracy").passed
+    other_preset = Champion("3", 0.10, "q", "accuracy")
+    decision = decide(results, "autoft", ["ft"], 0.0, other_preset, "p", "accuracy")
+    assert not decision.passed and "not comparable" in decision.reason
+    assert not decide(results, "autoft_wiseft", ["ft"], 0.0, None, "p", "accuracy").passed
+    with pytest.raises(ValueError, match="not in the results"):
+        decide(results, "flyp", [], 0.0, None, "p", "accuracy")

@@ -1,0 +1,267 @@
+"""The compiled pipeline IR: complete, deterministic, committed up to date, documented, and Kubernetes-ready."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from components.image import DEFAULT_STEP_IMAGE
+from pipeline.autoft_pipeline import build_pipeline
+from pipeline.cluster import POD_LABELS, ClusterSettings
+from pipeline.compile import (
+    COMPILED_PIPELINE,
+    all_methods,
+    compile_pipeline,
+    compiled_default_config,
+    pipeline_parameters,
+    read_pipeline_spec,
+    with_methods,
+)
+
+from autoft.cli import DEFAULT_PRESET, preset_path
+from autoft.config import load_config
+from autoft.methods import finetuned_methods, searched_methods
+
+REPO = Path(__file__).resolve().parents[1]
+STEP_COMPONENTS = [
+    "prepare-data",
+    "build-zeroshot",
+    "create-study",
+    "search-worker",
+    "select-best",
+    "finetune",
+    "evaluate",
+    "report",
+    "gate",
+    "register",
+    "finalize",
+]
+GPU_STEPS = ("search-worker", "finetune", "evaluate")
+
+
+def load_documents(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    spec, platform = yaml.safe_load_all(path.read_text())
+    return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+@pytest.fixture(scope="module")
+def default_config():
+    return load_config(preset_path(DEFAULT_PRESET))
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory, default_config) -> Path:
+    """The full method list, so every branch (all controls and WiSE-FT variants) is in the IR."""
+    return compile_pipeline(with_methods(default_config, all_methods()), tmp_path_factory.mktemp("ir") / "full.yaml")
+
+
+@pytest.fixture(scope="module")
+def documents(compiled: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    return load_documents(compiled)
+
+
+def tasks_of(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every task of every DAG (root, exit handler, loops, condition), by task name."""
+    found = dict(spec["root"]["dag"]["tasks"])
+    for component in spec["components"].values():
+        found.update(component.get("dag", {}).get("tasks", {}))
+    return found
+
+
+def executor_base(name: str) -> str:
+    """exec-search-worker-3 -> search-worker (KFP numbers repeated components)."""
+    base = name.removeprefix("exec-")
+    parts = base.rsplit("-", 1)
+    return parts[0] if len(parts) == 2 and parts[1].isdigit() else base
+
+
+def test_the_committed_pipeline_is_up_to_date(tmp_path: Path) -> None:
+    # A fresh process without AUTOFT_STEP_IMAGE: the committed file uses the default image.
+    env = {k: v for k, v in os.environ.items() if k != "AUTOFT_STEP_IMAGE"}
+    fresh = tmp_path / "fresh.yaml"
+    result = subprocess.run(
+        [sys.executable, "-m", "autoft.cli", "compile", "--output", str(fresh)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert COMPILED_PIPELINE.is_file(), "pipeline/compiled/autoft_pipeline.yaml is missing: run `autoft compile`"
+    assert fresh.read_text() == COMPILED_PIPELINE.read_text(), (
+        "pipeline/compiled/autoft_pipeline.yaml is stale: run `autoft compile` and commit it"
+    )
+
+
+def test_compiling_is_deterministic(tmp_path: Path, default_config) -> None:
+    first = compile_pipeline(default_config, tmp_path / "a.yaml")
+    second = compile_pipeline(default_config, tmp_path / "b.yaml")
+    assert first.read_bytes() == second.read_bytes()
+
+
+def test_every_step_runs_in_the_step_image_without_installs(documents: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    spec, _ = documents
+    executors = spec["deploymentSpec"]["executors"]
+    assert {executor_base(name) for name in executors} == set(STEP_COMPONENTS)
+    for name, executor in executors.items():
+        container = executor["container"]
+        assert container["image"] == DEFAULT_STEP_IMAGE, name
+        program = " ".join(container["command"])
+        assert "pip install" not in program, f"{name} installs packages at run time"
+
+
+def test_the_dag_has_every_branch_loop_exit_handler_and_condition(
+    documents: tuple[dict[str, Any], dict[str, Any]],
+) -> None:
+    spec, _ = documents
+    tasks = tasks_of(spec)
+    methods = all_methods()
+    names = {task["taskInfo"]["name"] for task in tasks.values()}
+    for method in searched_methods(methods):
+        assert {f"create study: {method}", f"search worker: {method}", f"best hyperparameters: {method}"} <= names
+    for method in finetuned_methods(methods):
+        assert f"fine-tune: {method}" in names
+    assert {"prepare data", "zero-shot model", "evaluate", "report", "register champion"} <= names
+
+    loops = {name: task for name, task in tasks.items() if "parameterIterator" in task}
+    search_loops = [t for t in loops.values() if t["taskInfo"]["name"].startswith("search-")]
+    assert len(search_loops) == len(searched_methods(methods))
+    for loop in search_loops:
+        assert loop["iteratorPolicy"]["parallelismLimit"] == ClusterSettings().search_parallelism
+        assert loop["parameterIterator"]["items"]["inputParameter"].endswith("create-study-Output") or (
+            "create-study" in loop["parameterIterator"]["items"]["inputParameter"]
+        )
+    eval_loop = next(t for t in loops.values() if t["taskInfo"]["name"] == "eval-sets")
+    assert "prepare-data" in eval_loop["parameterIterator"]["items"]["inputParameter"]
+
+    root = spec["root"]["dag"]["tasks"]
+    exit_task = next(t for t in root.values() if t["componentRef"]["name"] == "comp-finalize")
+    assert exit_task["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert "taskFinalStatus" in exit_task["inputs"]["parameters"]["status"]
+    handler = next(t for t in root.values() if t["componentRef"]["name"].startswith("comp-exit-handler"))
+    assert exit_task["dependentTasks"] == [next(k for k, v in root.items() if v is handler)]
+
+    condition = next(t for t in tasks.values() if t["taskInfo"]["name"] == "gate-passed")
+    assert condition["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--gate-Output'] == true"
+    report_task = next(t for t in tasks.values() if t["taskInfo"]["name"] == "report")
+    assert "isArtifactList" in str(spec["components"][report_task["componentRef"]["name"]]) or any(
+        "taskOutputArtifact" in str(v) for v in report_task["inputs"]["artifacts"].values()
+    )
+
+
+def test_controls_and_wiseft_are_wired_to_the_right_outputs(documents: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    spec, _ = documents
+    tasks = tasks_of(spec)
+    by_name = {t["taskInfo"]["name"]: (key, t) for key, t in tasks.items()}
+    key_of = {name: key for name, (key, _) in by_name.items()}
+    control = by_name["fine-tune: autoft_ce"][1]["inputs"]["artifacts"]["hparams"]["taskOutputArtifact"]
+    assert control == {"outputArtifactKey": "best_hparams", "producerTask": key_of["best hyperparameters: autoft"]}
+    evaluation = by_name["evaluate"][1]["inputs"]["artifacts"]
+    # Inside the loop, inputs arrive as loop inputs named after the producing task and output.
+    assert evaluation["autoft_wiseft"]["componentInputArtifact"].endswith(f"{key_of['fine-tune: autoft']}-wiseft_model")
+    assert evaluation["ft"]["componentInputArtifact"].endswith(f"{key_of['fine-tune: ft']}-model")
+    assert "flyp_wiseft" in evaluation and "ft_oodval_wiseft" in evaluation
+
+
+def test_every_parameter_has_a_type_default_and_description(documents: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    spec, _ = documents
+    parameters = pipeline_parameters(spec)
+    assert {"config_yaml", "config_overrides", "search_workers", "study_storage", "candidate_method"} <= set(parameters)
+    for name, parameter in parameters.items():
+        assert parameter.get("parameterType"), name
+        assert "defaultValue" in parameter, name
+        assert len(parameter.get("description", "")) > 30, f"{name} has no real description"
+    assert compiled_default_config(spec)["methods"] == all_methods()
+    assert parameters["search_workers"]["defaultValue"] == 2
+
+
+def test_training_tasks_have_the_kubernetes_settings(documents: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    spec, kubernetes = documents
+    settings = ClusterSettings()
+    executors = spec["deploymentSpec"]["executors"]
+    for name, executor in executors.items():
+        labels = kubernetes[name]["podMetadata"]["labels"]
+        assert labels == POD_LABELS  # what manifests/base/networkpolicies.yaml admits
+        resources = executor["container"]["resources"]
+        assert resources["resourceCpuRequest"] and resources["resourceMemoryRequest"], name
+        if executor_base(name) not in GPU_STEPS:
+            assert "accelerator" not in resources, name
+            continue
+        assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu", name
+        assert resources["accelerator"]["resourceCount"] == "1", name
+        platform = kubernetes[name]
+        assert platform["nodeSelector"]["labels"] == settings.gpu_node_selector, name
+        assert platform["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        shm = platform["emptyDirMounts"][0]
+        assert (shm["mountPath"], shm["medium"], shm["sizeLimit"]) == ("/dev/shm", "Memory", settings.shm_size)
+        assert platform["pvcMount"][0]["mountPath"] == "/data"
+    for name in executors:
+        secrets = {s["secretName"]: s for s in kubernetes[name].get("secretAsEnv", [])}
+        assert secrets["autoft-gcs"]["optional"] is True, name  # GKE uses Workload Identity instead
+        if executor_base(name) in ("create-study", "search-worker", "select-best", "finalize"):
+            assert secrets["autoft-pipeline-env"]["keyToEnv"] == [
+                {"envVar": "AUTOFT_OPTUNA_STORAGE", "secretKey": "AUTOFT_OPTUNA_STORAGE"}
+            ], name
+        if executor_base(name) in ("report", "gate", "register", "finalize"):
+            assert "autoft-mlflow-auth" in secrets, name
+            assert kubernetes[name]["configMapAsEnv"][0]["configMapName"] == "autoft-pipeline-config", name
+    # The labels must be the ones the network policies admit to PostgreSQL and MLflow.
+    policies = yaml.safe_load_all((REPO / "manifests" / "base" / "networkpolicies.yaml").read_text())
+    admitted = [
+        peer["podSelector"]["matchLabels"]
+        for policy in policies
+        for rule in policy["spec"].get("ingress", [])
+        for peer in rule.get("from", [])
+        if "app.kubernetes.io/part-of" in peer.get("podSelector", {}).get("matchLabels", {})
+    ]
+    assert admitted and all(labels == POD_LABELS for labels in admitted)
+    finetunes = [e for n, e in spec["deploymentSpec"]["executors"].items() if executor_base(n) == "finetune"]
+    assert finetunes  # retries live on the task; the search workers are deliberately not retried
+    retried = [t for t in tasks_of(spec).values() if t.get("retryPolicy")]
+    assert retried and all(t["taskInfo"]["name"].startswith("fine-tune:") for t in retried)
+
+
+def test_cluster_settings_change_the_ir(tmp_path: Path, default_config) -> None:
+    settings = ClusterSettings(search_parallelism=7, accelerator_type="nvidia.com/mig-1g.10gb", accelerator_count=2)
+    spec, _ = load_documents(compile_pipeline(default_config, tmp_path / "custom.yaml", settings))
+    loops = [t for t in tasks_of(spec).values() if t["taskInfo"]["name"].startswith("search-")]
+    assert loops and all(t["iteratorPolicy"]["parallelismLimit"] == 7 for t in loops)
+    finetune = spec["deploymentSpec"]["executors"]["exec-finetune"]["container"]["resources"]["accelerator"]
+    assert (finetune["resourceType"], finetune["resourceCount"]) == ("nvidia.com/mig-1g.10gb", "2")
+    with pytest.raises(ValueError, match="search_parallelism"):
+        ClusterSettings(search_parallelism=0)
+
+
+def test_a_pipeline_without_autoft_has_no_gate(default_config) -> None:
+    config = with_methods(default_config, ["zeroshot", "ft", "ft_wiseft"])
+    pipeline = build_pipeline(config)
+    tasks = pipeline.pipeline_spec.root.dag.tasks
+    components = pipeline.pipeline_spec.components
+    names = {t.task_info.name for c in components.values() for t in c.dag.tasks.values()} | {
+        t.task_info.name for t in tasks.values()
+    }
+    assert "report" in names and "fine-tune: ft" in names
+    assert not {"register champion", "gate-passed"} & names
+    assert "fine-tune: flyp" not in names
+
+
+def test_step_image_comes_from_the_environment_at_compile_time(tmp_path: Path) -> None:
+    env = {**os.environ, "AUTOFT_STEP_IMAGE": "registry.example/autoft-step:9.9.9"}
+    out = tmp_path / "image.yaml"
+    result = subprocess.run(
+        [sys.executable, "-m", "autoft.cli", "compile", "--output", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    images = {e["container"]["image"] for e in read_pipeline_spec(out)["deploymentSpec"]["executors"].values()}
+    assert images == {"registry.example/autoft-step:9.9.9"}
