@@ -599,3 +599,19 @@ def test_gate_decision_rules() -> None:
     assert not decide(results, "autoft_wiseft", ["ft"], 0.0, None, "p", "accuracy").passed
     with pytest.raises(ValueError, match="not in the results"):
         decide(results, "flyp", [], 0.0, None, "p", "accuracy")
+
+
+def test_create_study_on_a_resumed_run_fails_trials_its_killed_workers_left(
+    work: Path, config: AutoFTConfig, common: dict[str, Any], searched: list[int]
+) -> None:
+    from autoft.search.study import open_storage
+
+    storage = open_storage(study_storage_url(str(work / "studies"), "autoft"), run_scoped(config, RUN_ID).search)
+    study = optuna.load_study(study_name=f"autoft-{RUN_ID}-autoft", storage=storage)
+    orphan = study.ask()  # a worker was killed mid-trial, then KFP retried the run (same run id)
+    items = create_study.python_func(
+        **common, method="autoft", study_storage=str(work / "studies"), run_id=RUN_ID, search_workers=1
+    )
+    assert items == [{"worker_index": 0, "storage": str(work / "studies"), "study_name": f"autoft-{RUN_ID}-autoft"}]
+    assert study.trials[orphan.number].state == optuna.trial.TrialState.FAIL
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 2  # finished work is kept

@@ -19,11 +19,12 @@ def create_study(
 
     Each item is ``{"worker_index", "storage", "study_name"}``: ``storage`` is the storage URL, or
     ``env:AUTOFT_OPTUNA_STORAGE`` when the URL (with its password) comes from the step's secret env.
-    Creating the study here, once, keeps parallel workers from racing to create it.
+    Creating the study here, once, keeps parallel workers from racing to create it; when a retried run
+    resumes its study, trials its killed workers left RUNNING are failed here, before new workers start.
     """
     from autoft.config import ConfigError
     from autoft.methods import BASE_METHODS, method_search_config
-    from autoft.search.study import create_or_load_study
+    from autoft.stages import stage_create_study
     from components.runtime import load_step_config, run_scoped, study_storage_reference, study_storage_url
 
     if search_workers < 1:
@@ -32,8 +33,7 @@ def create_study(
     if method not in config.methods or not BASE_METHODS[method].searches:
         raise ConfigError(f"method {method!r} has no search in this run (methods: {config.methods})")
     reference = study_storage_reference(study_storage, config)
-    search = method_search_config(config, method)
-    study = create_or_load_study(study_storage_url(reference, method), search)
-    return [
-        {"worker_index": index, "storage": reference, "study_name": study.study_name} for index in range(search_workers)
-    ]
+    counts = stage_create_study(config, method, study_storage_url(reference, method))
+    print(f"study for {method}: {counts}")
+    study_name = method_search_config(config, method).study_name
+    return [{"worker_index": index, "storage": reference, "study_name": study_name} for index in range(search_workers)]
