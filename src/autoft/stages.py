@@ -139,6 +139,7 @@ def resolve_pretrained(config: AutoFTConfig) -> str:
 
 def stage_zeroshot(config: AutoFTConfig, data_dir: Path, out_dir: Path) -> Path:
     data = PreparedData.load(data_dir)
+    torch.manual_seed(config.seed)  # random-init models (pretrained: '') must be reproducible too
     model = build_zeroshot_classifier(
         config.model.name, resolve_pretrained(config), data.class_names, data.templates, config.model.head_mode
     )
