@@ -39,7 +39,6 @@ EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 RETRY_DEADLINE_ENV = "AUTOFT_GCS_RETRY_DEADLINE"
 REQUEST_TIMEOUT_ENV = "AUTOFT_GCS_TIMEOUT"
 TRANSFER_WORKERS_ENV = "AUTOFT_GCS_WORKERS"
-CACHE_DIR_ENV = "AUTOFT_CACHE_DIR"
 DEFAULT_RETRY_DEADLINE_S = 120.0
 DEFAULT_REQUEST_TIMEOUT_S = 60.0
 DEFAULT_TRANSFER_WORKERS = 8
@@ -122,6 +121,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    # mkstemp creates 0600; give the final file the usual umask-based mode so shared caches stay readable.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -418,10 +421,10 @@ def upload_dir(local_dir: StrPath, uri_prefix: StrPath) -> list[str]:
 
 
 def default_cache_dir() -> Path:
-    configured = os.environ.get(CACHE_DIR_ENV, "").strip()
-    if configured:
-        return Path(configured).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "autoft"
+    """Downloads from gs:// live under the project's one cache root ($AUTOFT_CACHE, see autoft.paths)."""
+    from autoft.paths import default_cache_dir as cache_root
+
+    return cache_root() / "gcs"
 
 
 def _uri_key(uri: str, *extra: Any) -> str:
