@@ -336,7 +336,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    # Root at WARNING: open_clip logs chatty INFO lines on the root logger; ours go through "autoft".
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    logging.getLogger("autoft").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if not hasattr(args, "handler"):
         parser.print_help()
         return EXIT_USER_ERROR
