@@ -33,6 +33,16 @@ format: setup  ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix src components pipeline tests bench
 	$(BIN)/ruff format src components pipeline tests bench
 
+compile: setup  ## recompile pipeline/compiled/autoft_pipeline.yaml (commit the result)
+	$(BIN)/autoft compile
+
+mlflow-ui: setup  ## open the local MLflow UI on the runs of `make run` (http://127.0.0.1:5000)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///runs/mlflow.db --host 127.0.0.1 --port 5000
+
+bench: setup  ## robustness over 3 seeds -> docs/results/digits.md; loss-term kernels
+	$(BIN)/python bench/loss_terms.py
+	$(BIN)/python bench/robustness.py
+
 clean:  ## remove the venv and caches (keeps runs/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
