@@ -271,6 +271,8 @@ def run_worker(
                 trial.set_user_attr(ERROR_ATTR, type(error).__name__)
             raise
 
+    if show_progress:  # the progress bar reports each trial; Optuna's per-trial INFO lines would interleave
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     failure_limit = _FailureLimit(max_failed_trials or budget)
     done = len(study.get_trials(deepcopy=False, states=COUNTED_STATES))
     bar = tqdm(total=budget, initial=done, desc=f"search {study.study_name}", disable=not show_progress)
