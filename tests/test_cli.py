@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 from autoft.cli import EXIT_USER_ERROR, main
 
@@ -46,7 +47,7 @@ def test_config_show_applies_overrides(capsys: pytest.CaptureFixture[str]) -> No
         ("search.base_lr=0", "search.base_lr"),
         ("search.base_lr=-1e-5", "search.base_lr"),
         ("search.n_trials=0", "search.n_trials"),
-        ("search.anchor=hinge", "anchor 'hinge' must be one of the selected losses"),
+        ("search.losses=[hinge,entropy]", "anchor 'ce' must be one of the selected losses"),
         ("data.dataset=mnist", "unknown dataset 'mnist'"),
         ("finetune.epohcs=3", "finetune.epohcs: unknown key"),
         ("model.head_mode=both", "model.head_mode"),
@@ -76,6 +77,7 @@ def test_corrupt_checkpoint_fails_before_compute(tmp_path: Path) -> None:
     (model / "model.safetensors").write_bytes(b"\x00garbage, not a safetensors file")
     images = tmp_path / "images" / "a"
     images.mkdir(parents=True)
+    Image.new("RGB", (32, 32), "white").save(images / "0.png")
     out = tmp_path / "eval.json"
     result = run_cli("evaluate", "--eval-folder", str(tmp_path / "images"), "--model", f"m={model}", "--out", str(out))
     assert result.returncode == EXIT_USER_ERROR
