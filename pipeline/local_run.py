@@ -182,11 +182,13 @@ def run_with_kfp_local(
     search_workers: int = DEFAULT_SEARCH_WORKERS,
     parameters: dict[str, Any] | None = None,
     echo: bool = True,
+    runner: local.SubprocessRunner | local.DockerRunner | None = None,
 ) -> dict[str, Any]:
     """Run the whole pipeline through kfp.local into ``run_dir``; returns the results (results.json).
 
     ``parameters`` sets other pipeline parameters (e.g. ``gate_min_gain``); the config, the folders and
-    the study/MLflow locations are derived from ``config`` and ``run_dir``.
+    the study/MLflow locations are derived from ``config`` and ``run_dir``. ``runner`` defaults to
+    subprocesses in this venv; pipeline/docker_run.py passes a DockerRunner (steps in the step image).
     """
     validate_methods(config.methods)
     if search_workers < 1:
@@ -216,7 +218,7 @@ def run_with_kfp_local(
     # TMPDIR: kfp.local writes each step's program and leftovers to the temp dir; keep them in the run.
     with _child_environment({"TMPDIR": str(tmp), **env}), _captured_output(log_path, echo) as capture:
         local.init(
-            runner=local.SubprocessRunner(use_venv=False),
+            runner=runner or local.SubprocessRunner(use_venv=False),
             pipeline_root=str(pipeline_root),
             workspace_root=str(workspace),
             raise_on_error=True,
