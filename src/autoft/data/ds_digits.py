@@ -258,7 +258,8 @@ def build_digits(config: AutoFTConfig, out_dir: Path) -> DatasetSplits:
         class_names=list(CLASS_NAMES),
         templates=list(TEMPLATES),
         manifests=manifests,
-        ood_val_set="ood_val_source",
+        # A name a reader of the report understands: the shift family and its severities.
+        ood_val_set=f"{options.ood_val_shift} (severities {min(severities)}-{max(severities)})",
         ood_tests=list(options.ood_test_shifts),
         extra={
             "source": "sklearn.datasets.load_digits, 8x8 upsampled to 32x32 RGB",
