@@ -74,14 +74,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "digits.md")
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "bench", help="run folders")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--summarise-only", action="store_true", help="re-summarise the seeds' finished run folders, run nothing"
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
     per_seed = {}
     for seed in args.seeds:
+        run_dir = args.runs / f"{args.preset}-seed{seed}"
+        if args.summarise_only:
+            per_seed[seed] = json.loads((run_dir / "results.json").read_text())
+            continue
         config = seeded_config(args.preset, seed, args.overrides)
         print(f"== seed {seed} ==", flush=True)
-        per_seed[seed] = run_inprocess(config, args.runs / f"{args.preset}-seed{seed}")
-    report = summarise(per_seed, args.preset, time.perf_counter() - start)
+        per_seed[seed] = run_inprocess(config, run_dir)
+    wall = sum(sum(r["timing_s"].values()) for r in per_seed.values()) if args.summarise_only else None
+    report = summarise(per_seed, args.preset, wall or time.perf_counter() - start)
     atomic_write_text(args.out, report)
     atomic_write_text(args.out.with_suffix(".json"), json.dumps(per_seed, indent=1))
     print(report)
