@@ -33,6 +33,7 @@ from autoft.data.base import (
     write_manifest,
 )
 from autoft.data.ds_generic import check_fraction, dataset_options, resolve_root, stratified_holdout
+from autoft.data.ds_imagenet import COMMON_CORRUPTIONS
 from autoft.data.registry import DatasetSplits, register_dataset
 from autoft.data.templates import templates_for
 
@@ -48,23 +49,7 @@ CIFAR10_CLASSES: tuple[str, ...] = (
     "ship",
     "truck",
 )
-CIFAR10_C_CORRUPTIONS: tuple[str, ...] = (
-    "gaussian_noise",
-    "shot_noise",
-    "impulse_noise",
-    "defocus_blur",
-    "glass_blur",
-    "motion_blur",
-    "zoom_blur",
-    "snow",
-    "frost",
-    "fog",
-    "brightness",
-    "contrast",
-    "elastic_transform",
-    "pixelate",
-    "jpeg_compression",
-)
+CIFAR10_C_CORRUPTIONS = COMMON_CORRUPTIONS
 # Shipped with CIFAR-10-C beyond the 15 standard corruptions; selectable through the options.
 CIFAR10_C_EXTRA: tuple[str, ...] = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 CIFAR_SHIFTS: tuple[str, ...] = ("cifar10_1", "cifar10_2")

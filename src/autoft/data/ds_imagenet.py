@@ -53,7 +53,8 @@ from autoft.storage import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-IMAGENET_C_CORRUPTIONS: tuple[str, ...] = (
+# The 15 corruptions of Hendrycks & Dietterich's benchmarks, shared by ImageNet-C and CIFAR-10-C.
+COMMON_CORRUPTIONS: tuple[str, ...] = (
     "gaussian_noise",
     "shot_noise",
     "impulse_noise",
@@ -70,6 +71,7 @@ IMAGENET_C_CORRUPTIONS: tuple[str, ...] = (
     "pixelate",
     "jpeg_compression",
 )
+IMAGENET_C_CORRUPTIONS = COMMON_CORRUPTIONS
 IMAGENET_SHIFTS: tuple[str, ...] = ("imagenet_v2", "imagenet_r", "imagenet_a", "imagenet_sketch", "objectnet")
 # Folder of each part under data.root: the names the official archives extract to.
 DEFAULT_DIRS: dict[str, str] = {
