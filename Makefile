@@ -72,7 +72,7 @@ IMAGE_CONTEXT := build/image-context
 # sources differ from it.
 VCS_REF = $(shell git rev-parse HEAD 2>/dev/null || echo unknown)$(shell git diff --quiet HEAD -- src pyproject.toml 2>/dev/null || echo -dirty)
 
-.PHONY: lint-manifests wheelhouse images images-offline offline-base-image push-images clean-cluster
+.PHONY: lint-manifests wheelhouse images images-offline offline-base-image docker-engine push-images clean-cluster
 
 test: lint-manifests
 
@@ -140,10 +140,13 @@ images: wheelhouse  ## build autoft-services and autoft-step (BASE_IMAGE=..., IM
 	done
 	$(DOCKER) image ls --filter 'reference=autoft-*'
 
-offline-base-image:  ## debootstrap + docker import a Python 3.11 base (no image registry needed; root)
+docker-engine:  ## start dockerd the offline way (no bridge) unless an engine answers; root installs docker.io
+	images/docker-engine.sh
+
+offline-base-image: docker-engine  ## debootstrap + docker import a Python 3.11 base (no image registry needed; root)
 	images/offline-base.sh $(OFFLINE_BASE_IMAGE)
 
-images-offline:  ## `make images` on the debootstrap base, building that base first when missing
+images-offline: docker-engine  ## `make images` on the debootstrap base, building that base first when missing
 	$(DOCKER) image inspect $(OFFLINE_BASE_IMAGE) >/dev/null 2>&1 || $(MAKE) offline-base-image
 	$(MAKE) images BASE_IMAGE=$(OFFLINE_BASE_IMAGE)
 
@@ -163,7 +166,7 @@ E2E_IMAGE_BUILD ?= images-offline
 
 .PHONY: e2e-docker
 
-e2e-docker: setup  ## smoke preset, every step in autoft-step:IMAGE_TAG via kfp.local DockerRunner; failing steps must fail
+e2e-docker: setup docker-engine  ## smoke preset, every step in autoft-step:IMAGE_TAG via kfp.local DockerRunner; failing steps must fail
 	$(if $(E2E_IMAGE_BUILD),$(MAKE) $(E2E_IMAGE_BUILD) IMAGES=step)
 	@start=$$(date +%s); \
 	AUTOFT_REQUIRE_DOCKER=1 HF_HUB_OFFLINE=1 AUTOFT_STEP_IMAGE=autoft-step:$(IMAGE_TAG) \

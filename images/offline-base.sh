@@ -11,7 +11,8 @@
 # official python image has its own build under /usr/local/bin); the Dockerfiles only call `python3`,
 # so either base works.
 #
-# Needs: root, debootstrap, a running docker daemon, and a Debian mirror (MIRROR=...).
+# Needs: root, a running docker daemon (images/docker-engine.sh), and a Debian mirror (MIRROR=...);
+# installs debootstrap with apt-get when it is missing.
 # Environment: MIRROR (default http://deb.debian.org/debian), SECURITY_MIRROR
 # (default http://deb.debian.org/debian-security), KEEP_ROOTFS=1 to keep the unpacked tree.
 set -euo pipefail
@@ -26,7 +27,12 @@ if [[ $(id -u) -ne 0 ]]; then
   echo "offline-base.sh: debootstrap needs root" >&2
   exit 1
 fi
-command -v debootstrap >/dev/null || { echo "offline-base.sh: apt-get install debootstrap" >&2; exit 1; }
+if ! command -v debootstrap >/dev/null; then
+  command -v apt-get >/dev/null || { echo "offline-base.sh: install debootstrap" >&2; exit 1; }
+  echo ">> apt-get install debootstrap"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap
+fi
 docker info >/dev/null 2>&1 || { echo "offline-base.sh: no docker daemon reachable" >&2; exit 1; }
 
 ROOTFS="$(mktemp -d "${TMPDIR:-/tmp}/autoft-rootfs.XXXXXX")"

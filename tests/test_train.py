@@ -353,6 +353,33 @@ def test_finetune_lr_override_replaces_the_searched_lr(
     assert len(recording_adamw) == 3
 
 
+def test_finetune_gradient_accumulation_matches_one_full_batch(
+    train_images: ArrayImages, val_images: ArrayImages, eval_tf: Callable, tmp_path: Path
+) -> None:
+    # 4 micro-batches of 4 must take the same optimizer steps as batches of 16: the same shuffled
+    # examples per step, each micro-loss scaled by 1/4, the penalty term included once per step.
+    from conftest import build_tiny_classifier
+
+    hp = Hyperparams({"ce": 1.0, "hinge": 0.5, "l2init": 1.0}, lr=1e-3, weight_decay=0.1)
+    states = []
+    for accum in (1, 4):
+        model = build_tiny_classifier()
+        _finetune(model, hp, train_images, val_images, eval_tf, tmp_path / f"accum{accum}", epochs=1, grad_accum=accum)
+        states.append(model.state_dict())
+    full, accumulated = states
+    moved = [name for name in full if not torch.equal(full[name], build_tiny_classifier().state_dict()[name])]
+    assert moved, "fine-tuning changed no weight"
+    for name in full:
+        ours, theirs = accumulated[name], full[name]
+        if name.endswith("attn.in_proj_bias"):
+            # The key bias gets a zero gradient in exact arithmetic (softmax ignores a shift shared by
+            # all keys), so its float noise differs between the two runs and Adam scales noise up to
+            # full-size steps: compare the query and value biases only.
+            width = ours.numel() // 3
+            ours, theirs = torch.cat([ours[:width], ours[2 * width :]]), torch.cat([theirs[:width], theirs[2 * width :]])
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_finetune_rejects_a_class_count_mismatch(
     tiny_classifier: CLIPClassifier, make_images: Callable[..., ArrayImages], eval_tf: Callable, tmp_path: Path
 ) -> None:

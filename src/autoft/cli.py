@@ -184,11 +184,26 @@ def _default_run_dir(preset: str) -> Path:
     return Path("runs") / f"{preset}-{stamp}"
 
 
+def with_shared_local_tracking(config: AutoFTConfig, run_dir: Path) -> AutoFTConfig:
+    """Point MLflow at ``<runs folder>/mlflow.db`` when nothing else is configured.
+
+    One SQLite file beside the run folders (``runs/mlflow.db`` for the default ``runs/<preset>-<time>``)
+    holds every local run, so ``make mlflow-ui`` compares them; a tracking URI from the config or
+    ``$MLFLOW_TRACKING_URI`` wins.
+    """
+    if config.tracking.mlflow_uri.strip() or os.environ.get("MLFLOW_TRACKING_URI", "").strip():
+        return config
+    shared = config.model_copy(deep=True)
+    shared.tracking.mlflow_uri = f"sqlite:///{(run_dir.resolve().parent / 'mlflow.db')}"
+    return shared
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from autoft.report import format_table
 
     config = resolve_config(args, DEFAULT_PRESET)
     run_dir = Path(args.out) if args.out else _default_run_dir(config.preset)
+    config = with_shared_local_tracking(config, run_dir)
     if args.runner == "inprocess":
         from autoft.runner import run_inprocess
 
