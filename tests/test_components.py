@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -615,3 +617,14 @@ def test_create_study_on_a_resumed_run_fails_trials_its_killed_workers_left(
     assert items == [{"worker_index": 0, "storage": str(work / "studies"), "study_name": f"autoft-{RUN_ID}-autoft"}]
     assert study.trials[orphan.number].state == optuna.trial.TrialState.FAIL
     assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 2  # finished work is kept
+
+
+def test_study_steps_start_without_importing_torch() -> None:
+    # create-study and select-best run once per searched method in every pipeline run; importing the
+    # training stack would add seconds of start-up to each (see autoft.study_stages).
+    probe = (
+        "import sys; import autoft.study_stages, components.runtime, autoft.methods, autoft.search.study; "
+        "print(sorted(m for m in ('torch', 'torchvision', 'open_clip', 'sklearn') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[]"

@@ -21,6 +21,7 @@ from autoft.config import LOSS_NAMES, Bounds, SearchConfig
 from autoft.data.base import ArrayImages, TransformedImages
 from autoft.data.loaders import BatchStream
 from autoft.evaluate import accuracy, predict
+from autoft.hparams import Hyperparams, NonFiniteLossError
 from autoft.models.classifier import CLIPClassifier
 from autoft.search.objective import OOD_VAL_ATTR, TrialObjective
 from autoft.search.space import HPARAMS_ATTR, SEED_RANGE, SearchSpace, trial_hparams
@@ -34,7 +35,6 @@ from autoft.search.study import (
     prepare_study,
     run_worker,
 )
-from autoft.train import Hyperparams, NonFiniteLossError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 CPU = torch.device("cpu")

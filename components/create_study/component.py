@@ -24,7 +24,7 @@ def create_study(
     """
     from autoft.config import ConfigError
     from autoft.methods import BASE_METHODS, method_search_config
-    from autoft.stages import stage_create_study
+    from autoft.study_stages import stage_create_study
     from components.runtime import load_step_config, run_scoped, study_storage_reference, study_storage_url
 
     if search_workers < 1:

@@ -24,7 +24,7 @@ def select_best(
     """
     from autoft.methods import method_search_config
     from autoft.search.study import create_or_load_study
-    from autoft.stages import stage_select_best
+    from autoft.study_stages import stage_select_best
     from components.runtime import load_step_config, run_scoped, study_storage_reference, study_storage_url
 
     config = run_scoped(load_step_config(config_yaml, config_overrides, methods), run_id)

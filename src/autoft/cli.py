@@ -102,7 +102,7 @@ def cmd_search(args: argparse.Namespace) -> None:
 
 
 def cmd_select_best(args: argparse.Namespace) -> None:
-    from autoft.stages import stage_select_best
+    from autoft.study_stages import stage_select_best
 
     payload = stage_select_best(resolve_config(args), args.method, args.storage, Path(args.out))
     print(f"best {args.method}: trial {payload['best_trial']} value {payload['best_value']:.4f} -> {args.out}")

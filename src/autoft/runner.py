@@ -23,17 +23,15 @@ from autoft.methods import (
 )
 from autoft.report import assemble_results, write_report
 from autoft.stages import (
-    default_storage,
     hparams_for,
     read_json,
-    stage_create_study,
     stage_evaluate,
     stage_finetune,
     stage_prepare,
     stage_search,
-    stage_select_best,
     stage_zeroshot,
 )
+from autoft.study_stages import default_storage, stage_create_study, stage_select_best
 
 
 @dataclass(frozen=True)
@@ -77,9 +75,7 @@ def eval_sets(data: PreparedData) -> list[str]:
 
 
 def wiseft_pairs(layout: RunLayout, methods: list[str]) -> dict[str, tuple[Path, Path]]:
-    return {
-        base_of(m): (layout.zeroshot, layout.finetune(base_of(m)) / "model") for m in methods if is_wiseft(m)
-    }
+    return {base_of(m): (layout.zeroshot, layout.finetune(base_of(m)) / "model") for m in methods if is_wiseft(m)}
 
 
 def collect_results(config: AutoFTConfig, layout: RunLayout, timing: dict[str, float]) -> dict[str, Any]:
@@ -133,7 +129,11 @@ def run_inprocess(config: AutoFTConfig, run_dir: Path, progress: bool = True) ->
     for method in finetuned_methods(config.methods):
         with timed(f"finetune_{method}"):
             stage_finetune(
-                config, layout.data, layout.zeroshot, hparams_for(method, hparams_files), layout.finetune(method),
+                config,
+                layout.data,
+                layout.zeroshot,
+                hparams_for(method, hparams_files),
+                layout.finetune(method),
                 progress=progress,
             )
     models = {m: layout.model_folder(m) for m in config.methods}
@@ -143,4 +143,3 @@ def run_inprocess(config: AutoFTConfig, run_dir: Path, progress: bool = True) ->
                 config, layout.data, eval_set, models, layout.eval(eval_set), wiseft_pairs(layout, config.methods)
             )
     return collect_results(config, layout, timing)
-

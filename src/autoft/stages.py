@@ -22,28 +22,21 @@ from autoft.data.registry import PreparedData, get_builder
 from autoft.data.subsets import ood_val_indices
 from autoft.data.transforms import eval_transform, train_transform
 from autoft.evaluate import Predictions, all_metrics, confusion, metric_value, predict
+from autoft.hparams import Hyperparams
 from autoft.methods import BASE_METHODS, method_metric, method_search_config
 from autoft.models.checkpoint import load_state_dict_file
 from autoft.models.classifier import CLIPClassifier, build_zeroshot_classifier, load_classifier
 from autoft.search.objective import TrialObjective
 from autoft.search.space import SearchSpace
-from autoft.search.study import (
-    COUNTED_STATES,
-    best_hparams,
-    count_trials,
-    create_or_load_study,
-    prepare_study,
-    run_worker,
-)
-from autoft.storage import atomic_write_text
-from autoft.train import BEST_WEIGHTS, Hyperparams, finetune
+from autoft.search.study import count_trials, create_or_load_study, run_worker
+from autoft.storage import atomic_write_json
+from autoft.train import BEST_WEIGHTS, finetune
 from autoft.wiseft import interpolate, sweep
 
 log = logging.getLogger(__name__)
 
 BUILTIN_PRETRAINED_PREFIX = "builtin:"
 WISEFT_FILE = "wiseft.json"
-HPARAMS_SCHEMA = "autoft.hparams/v1"
 EVAL_SCHEMA = "autoft.eval/v1"
 
 
@@ -53,10 +46,6 @@ def resolve_device(config: AutoFTConfig) -> torch.device:
     if config.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(config.device)
-
-
-def write_json(path: Path, payload: Any) -> Path:
-    return atomic_write_text(Path(path), json.dumps(payload, indent=1, default=float))
 
 
 def read_json(path: Path) -> Any:
@@ -90,7 +79,7 @@ def stage_prepare(config: AutoFTConfig, out_dir: Path) -> PreparedData:
     subset_fields["indices"] = base_indices[chosen].tolist()
     subset_fields["num_examples"] = len(chosen)
     write_manifest(out_dir / "ood_val.json", "ood_val", source_manifest["format"], splits.class_names, **subset_fields)
-    write_json(out_dir / "ood_val_indices.json", {"source": splits.ood_val_set, "indices": chosen.tolist()})
+    atomic_write_json(out_dir / "ood_val_indices.json", {"source": splits.ood_val_set, "indices": chosen.tolist()})
 
     manifests = {**splits.manifests, "ood_val": "ood_val.json"}
     extra_tests = []
@@ -149,16 +138,6 @@ def stage_zeroshot(config: AutoFTConfig, data_dir: Path, out_dir: Path) -> Path:
 # ----------------------------------------------------------------------------------------------
 # search
 # ----------------------------------------------------------------------------------------------
-
-
-def default_storage(run_dir: Path, method: str) -> str:
-    return str(Path(run_dir) / "studies" / f"{method}.journal")
-
-
-def stage_create_study(config: AutoFTConfig, method: str, storage: str) -> dict[str, int]:
-    """Create (or resume) ``method``'s study before its workers start; orphaned trials are failed."""
-    study = prepare_study(storage, method_search_config(config, method))
-    return count_trials(study)
 
 
 def _split(data: PreparedData, name: str) -> LabeledImages:
@@ -223,35 +202,6 @@ def _transformed(images: LabeledImages, transform):
     from autoft.data.base import TransformedImages
 
     return TransformedImages(images, transform)
-
-
-def stage_select_best(config: AutoFTConfig, method: str, storage: str, out_path: Path) -> dict[str, Any]:
-    """Read the best trial's effective hyperparameters back from the study (user attrs)."""
-    search = method_search_config(config, method)
-    study = create_or_load_study(storage, search)
-    hparams, best = best_hparams(study)
-    trials = [
-        {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params}
-        for t in study.get_trials(deepcopy=False)
-    ]
-    payload = {
-        "schema": HPARAMS_SCHEMA,
-        "method": method,
-        "hparams": hparams.to_dict(),
-        "best_value": best.value,
-        "best_trial": best.number,
-        "trials_complete": len(study.get_trials(deepcopy=False, states=COUNTED_STATES)),
-        "storage": _storage_label(storage),
-        "trials": trials,
-    }
-    write_json(out_path, payload)
-    return payload
-
-
-def _storage_label(storage: str) -> str:
-    from autoft.search.study import _redact
-
-    return _redact(storage)
 
 
 def hparams_for(method: str, hparams_files: dict[str, Path]) -> Hyperparams:
@@ -331,7 +281,7 @@ def stage_finetune(
         "history": [vars(h) for h in result.history],
         "wiseft": {"alphas": wiseft.alphas, "id_val": wiseft.values, "best_alpha": wiseft.best_alpha},
     }
-    write_json(out_dir / WISEFT_FILE, summary)
+    atomic_write_json(out_dir / WISEFT_FILE, summary)
     (out_dir / "train" / BEST_WEIGHTS).unlink(missing_ok=True)  # kept in model/ now
     return summary
 
@@ -396,5 +346,5 @@ def stage_evaluate(
             model.load_state_dict(interpolate(zs_state, ft_state, alpha))
             curves[name][f"{alpha:.2f}"] = run(model)["value"]
     results["wiseft_curves"] = curves
-    write_json(out_path, results)
+    atomic_write_json(out_path, results)
     return results

@@ -143,6 +143,11 @@ def atomic_write_text(path: Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
 
 
+def atomic_write_json(path: Path, payload: Any) -> Path:
+    """Indented JSON, written atomically; numpy scalars and other number types become floats."""
+    return atomic_write_text(Path(path), json.dumps(payload, indent=1, default=float))
+
+
 def _atomic_copy(source: Path, dest: Path) -> Path:
     with atomic_path(dest) as tmp:
         shutil.copyfile(source, tmp)

@@ -25,43 +25,13 @@ from autoft.config import FinetuneConfig
 from autoft.data.base import LabeledImages, TransformedImages
 from autoft.data.loaders import BatchStream, make_loader
 from autoft.evaluate import autocast_context, metric_value, predict
+from autoft.hparams import Hyperparams, NonFiniteLossError
 from autoft.losses import LossBatch, ParameterAnchor, WeightedObjective
 from autoft.models.checkpoint import load_state_dict_file, save_state_dict
 from autoft.models.classifier import CLIPClassifier, fill_template
 from autoft.storage import atomic_path, atomic_write_text
 
 ADAM_BETAS = (0.9, 0.999)
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite: these hyperparameters diverge."""
-
-
-@dataclass
-class Hyperparams:
-    """The effective hyperparameters phi of one trial or of the final run."""
-
-    weights: dict[str, float]
-    lr: float
-    weight_decay: float
-    seed: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Hyperparams:
-        hp = cls(
-            weights={str(k): float(v) for k, v in data["weights"].items()},
-            lr=float(data["lr"]),
-            weight_decay=float(data["weight_decay"]),
-            seed=data.get("seed"),
-        )
-        if not hp.lr > 0 or not math.isfinite(hp.lr):
-            raise ValueError(f"learning rate must be a positive finite number, got {hp.lr}")
-        if hp.weight_decay < 0:
-            raise ValueError(f"weight decay must be >= 0, got {hp.weight_decay}")
-        return hp
 
 
 def random_captions(

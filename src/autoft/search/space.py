@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import optuna
 
 from autoft.config import Bounds, SearchConfig
-from autoft.train import Hyperparams
+from autoft.hparams import Hyperparams
 
 HPARAMS_ATTR = "hparams"
 SEED_RANGE = (0, 2**16)

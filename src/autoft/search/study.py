@@ -29,9 +29,9 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from autoft.config import SearchConfig
+from autoft.hparams import Hyperparams, NonFiniteLossError
 from autoft.search.space import trial_hparams
-from autoft.storage import database_url
-from autoft.train import Hyperparams, NonFiniteLossError
+from autoft.storage import database_url, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -84,20 +84,10 @@ def open_storage(storage: str, config: SearchConfig) -> BaseStorage:
                     engine_kwargs={"pool_pre_ping": True} if storage.startswith("postgresql") else None,
                 )
         except Exception as error:
-            raise ConnectionError(f"cannot open Optuna storage {_redact(storage)}: {error}") from None
+            raise ConnectionError(f"cannot open Optuna storage {redact_url(storage)}: {error}") from None
     path = Path(storage)
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
-
-
-def _redact(url: str) -> str:
-    """Hide a password in a database URL before it reaches a message or a log."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
 
 
 def make_sampler(config: SearchConfig, worker_index: int = 0) -> optuna.samplers.TPESampler:
