@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from autoft.config import AutoFTConfig, validate_config
 from autoft.data.base import ArrayImages
 from autoft.data.transforms import eval_transform, train_transform
 from autoft.models.classifier import CLIPClassifier, build_zeroshot_classifier
@@ -51,6 +52,31 @@ def synthetic_images(
         class_names=list(class_names),
         groups=None if groups is None else np.asarray(groups),
     )
+
+
+def tiny_pipeline_config(preset: str, methods: Sequence[str], **changes: object) -> AutoFTConfig:
+    """Digits with one OOD shift, a tiny random CLIP, 2 trials x 2 steps, 1 epoch: every step, little compute.
+
+    ``changes`` replace whole top-level sections (e.g. ``tracking={...}``).
+    """
+    raw = {
+        "preset": preset,
+        "methods": list(methods),
+        "device": "cpu",
+        "model": {"name": "autoft-tiny-vit", "pretrained": ""},
+        "data": {
+            "dataset": "digits",
+            "batch_size": 32,
+            "eval_batch_size": 512,
+            "ood_val": {"size": 60, "class_balanced": True},
+            "options": {"ood_test_shifts": ["invert"], "ood_val_min_size": 60},
+        },
+        "search": {"n_trials": 2, "inner_steps": 2, "base_lr": 1e-4},
+        "finetune": {"epochs": 1, "batch_size": 32, "warmup_steps": 2},
+        "wiseft": {"alphas": [0.0, 1.0]},
+        **changes,
+    }
+    return validate_config(raw)
 
 
 def build_tiny_classifier(

@@ -50,33 +50,20 @@ from kfp.dsl import (
 )
 from mlflow import MlflowClient
 
-from autoft.config import AutoFTConfig, ConfigError, config_to_yaml, validate_config
+from autoft.config import AutoFTConfig, ConfigError, config_to_yaml
 from autoft.report import RESULTS_SCHEMA
+from conftest import tiny_pipeline_config
 
 METHODS = ["zeroshot", "autoft", "autoft_ce", "autoft_wiseft"]
 RUN_ID = "run-1"
 
 
 def tiny_config(methods: list[str], mlflow_uri: str = "") -> AutoFTConfig:
-    """The built-in digits data with one OOD test shift, a tiny random CLIP, 2 trials of 2 steps, 1 epoch."""
-    return validate_config(
-        {
-            "preset": "component-test",
-            "methods": methods,
-            "device": "cpu",
-            "model": {"name": "autoft-tiny-vit", "pretrained": ""},
-            "data": {
-                "dataset": "digits",
-                "batch_size": 32,
-                "eval_batch_size": 512,
-                "ood_val": {"size": 60, "class_balanced": True},
-                "options": {"ood_test_shifts": ["invert"], "ood_val_min_size": 60},
-            },
-            "search": {"n_trials": 2, "inner_steps": 2, "base_lr": 1e-4},
-            "finetune": {"epochs": 1, "batch_size": 32, "warmup_steps": 2},
-            "wiseft": {"alphas": [0.0, 0.5, 1.0]},
-            "tracking": {"mlflow_uri": mlflow_uri, "experiment": "component-tests", "registered_model": "tiny-clip"},
-        }
+    return tiny_pipeline_config(
+        "component-test",
+        methods,
+        wiseft={"alphas": [0.0, 0.5, 1.0]},
+        tracking={"mlflow_uri": mlflow_uri, "experiment": "component-tests", "registered_model": "tiny-clip"},
     )
 
 
@@ -370,6 +357,12 @@ def test_evaluate_scores_every_method_and_logs_the_confusion_matrix(evaluations:
     payload = json.loads(Path(shift["results"].path).read_text())
     assert set(payload["models"]) == set(METHODS)
     assert set(payload["wiseft_curves"]["autoft"]) == {"0.00", "0.50", "1.00"}
+    # alpha 1 of the curve is the fine-tuned model itself.
+    assert payload["wiseft_curves"]["autoft"]["1.00"] == pytest.approx(payload["models"]["autoft"]["value"])
+    # Validation splits are scored for every method but get no curve (the report never plots one there).
+    for split in ("id_val", "ood_val"):
+        validation = json.loads(Path(evaluations[split]["results"].path).read_text())
+        assert set(validation["models"]) == set(METHODS) and validation["wiseft_curves"] == {}
     assert shift["results"].metadata["eval_set"] == "invert"
     assert shift["eval_metrics"].metadata["autoft.accuracy"] == pytest.approx(payload["models"]["autoft"]["value"])
     matrix = shift["confusion"].metadata["confusionMatrix"]

@@ -13,33 +13,16 @@ import yaml
 from mlflow import MlflowClient
 from pipeline.local_run import PipelineRunError, TaskLogCapture, local_arguments, run_with_kfp_local
 
-from autoft.config import AutoFTConfig, validate_config
+from autoft.config import AutoFTConfig
 from autoft.report import RESULTS_SCHEMA
+from conftest import tiny_pipeline_config
 
 METHODS = ["zeroshot", "autoft", "autoft_wiseft"]
 
 
 def tiny_config(**changes: object) -> AutoFTConfig:
-    """Digits with one OOD shift, a tiny random CLIP, 2 trials x 2 steps, 1 epoch: every step, little compute."""
-    raw = {
-        "preset": "kfp-local-test",
-        "methods": METHODS,
-        "device": "cpu",
-        "model": {"name": "autoft-tiny-vit", "pretrained": ""},
-        "data": {
-            "dataset": "digits",
-            "batch_size": 32,
-            "eval_batch_size": 512,
-            "ood_val": {"size": 60, "class_balanced": True},
-            "options": {"ood_test_shifts": ["invert"], "ood_val_min_size": 60},
-        },
-        "search": {"n_trials": 2, "inner_steps": 2, "base_lr": 1e-4},
-        "finetune": {"epochs": 1, "batch_size": 32, "warmup_steps": 2},
-        "wiseft": {"alphas": [0.0, 1.0]},
-        "tracking": {"experiment": "kfp-local", "registered_model": "kfp-local-clip"},
-        **changes,
-    }
-    return validate_config(raw)
+    tracking = {"experiment": "kfp-local", "registered_model": "kfp-local-clip"}
+    return tiny_pipeline_config("kfp-local-test", METHODS, **{"tracking": tracking, **changes})
 
 
 @pytest.mark.slow

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 BUILTIN_PRETRAINED_PREFIX = "builtin:"
 WISEFT_FILE = "wiseft.json"
 EVAL_SCHEMA = "autoft.eval/v1"
+VALIDATION_SPLITS = ("id_val", "ood_val")
 
 
 def resolve_device(config: AutoFTConfig) -> torch.device:
@@ -306,8 +307,14 @@ def stage_evaluate(
     out_path: Path,
     wiseft_pairs: dict[str, tuple[Path, Path]] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate saved models on one eval set; WiSE-FT pairs (zero-shot, fine-tuned) get a full alpha curve."""
+    """Evaluate saved models on one eval set; WiSE-FT pairs (zero-shot, fine-tuned) get a full alpha curve.
+
+    The validation splits get no curve: the report plots ID test against the OOD tests, and the
+    fine-tune step has already chosen alpha on ID-val, so a curve there would be pure cost.
+    """
     device = resolve_device(config)
+    if eval_set in VALIDATION_SPLITS:
+        wiseft_pairs = {}
     data = PreparedData.load(data_dir)
     manifest_path = data.manifest(eval_set)
     manifest = read_manifest(manifest_path)

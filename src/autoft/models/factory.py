@@ -6,6 +6,7 @@ the built-in benchmark use the same code path as ViT-B/16 from a real hub.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -73,6 +74,16 @@ def _resolve_weights(pretrained: str, cache_dir: Path | None) -> Path | None:
     return None
 
 
+@functools.lru_cache(maxsize=8)
+def tokenizer_for(model_name: str) -> Any:
+    """open_clip's tokenizer for a model, built once per process.
+
+    Building it parses the BPE merge table (about 0.1 s); evaluation loads one model per method and
+    the tokenizer keeps no per-call state, so all of them share it.
+    """
+    return open_clip.get_tokenizer(model_name)
+
+
 def create_clip(
     model_name: str,
     pretrained: str = "",
@@ -117,7 +128,7 @@ def create_clip(
         mean=tuple(getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN),
         std=tuple(getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD),
     )
-    tokenizer = open_clip.get_tokenizer(model_name)
+    tokenizer = tokenizer_for(model_name)
     return ClipBundle(
         model=model,
         tokenizer=tokenizer,
