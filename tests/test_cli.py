@@ -111,3 +111,14 @@ def test_local_runs_share_one_mlflow_db_beside_the_run_folders(
     assert with_shared_local_tracking(configured, tmp_path / "x").tracking.mlflow_uri == "http://127.0.0.1:5000"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5001")
     assert with_shared_local_tracking(config, tmp_path / "x").tracking.mlflow_uri == ""
+
+
+def test_bench_runs_a_benchmark_script_and_passes_its_exit_code() -> None:
+    listed = run_cli("bench", "loss_terms", "--help")
+    assert listed.returncode == 0 and "usage: loss_terms.py" in listed.stdout
+    # An argument the benchmark rejects: its own exit code (argparse: 2) comes back through autoft.
+    rejected = run_cli("bench", "robustness", "--no-such-option")
+    assert rejected.returncode == 2 and "unrecognized arguments: --no-such-option" in rejected.stderr
+    unknown = run_cli("bench", "nope")
+    assert unknown.returncode == EXIT_USER_ERROR
+    assert "unknown benchmark 'nope'; choose one of ['loss_terms', 'robustness']" in unknown.stderr

@@ -184,6 +184,22 @@ def _default_run_dir(preset: str) -> Path:
     return Path("runs") / f"{preset}-{stamp}"
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    import subprocess
+
+    from autoft.paths import REPO_ROOT
+
+    bench_dir = REPO_ROOT / "bench"
+    available = sorted(path.stem for path in bench_dir.glob("*.py")) if bench_dir.is_dir() else []
+    if not available:
+        raise ConfigError(f"no benchmarks in {bench_dir}: they ship with the source checkout, not the package")
+    if args.name not in available:
+        raise ConfigError(f"unknown benchmark {args.name!r}; choose one of {available}")
+    code = subprocess.call([sys.executable, str(bench_dir / f"{args.name}.py"), *args.bench_args], cwd=REPO_ROOT)
+    if code:
+        raise SystemExit(code)
+
+
 def with_shared_local_tracking(config: AutoFTConfig, run_dir: Path) -> AutoFTConfig:
     """Point MLflow at ``<runs folder>/mlflow.db`` when nothing else is configured.
 
@@ -283,9 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
         "optimizer hyperparameters on a small OOD validation set, as a Kubeflow pipeline.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Examples:\n  autoft run                          # the built-in digits benchmark, locally\n"
-        "  autoft run --preset smoke           # a 2-minute end-to-end check\n"
+        "  autoft run --preset smoke           # every step end to end on tiny budgets (~3 min)\n"
         "  autoft run --set search.n_trials=50 --set finetune.epochs=5\n"
-        "  autoft config show --preset fmow    # the resolved configuration\n",
+        "  autoft config show --preset fmow    # the resolved configuration\n"
+        "  autoft bench robustness --seeds 0 1 # a benchmark from bench/ (--help after its name)\n",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -312,6 +329,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(pretrain)
     pretrain.add_argument("--cache-dir", help="where to cache it (default: $AUTOFT_CACHE or .cache/autoft)")
     pretrain.set_defaults(handler=cmd_pretrain)
+
+    bench = sub.add_parser(
+        "bench",
+        help="run a benchmark from the checkout's bench/ folder (robustness, loss_terms)",
+        description="Run bench/NAME.py with this Python; every argument after NAME goes to the benchmark.",
+    )
+    bench.add_argument("name", help="benchmark name: a file bench/NAME.py")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
+    bench.set_defaults(handler=cmd_bench)
 
     _add_stage_commands(sub)
     step = sub.add_parser("step", help="one pipeline step, as a container runs it (same commands as above)")
