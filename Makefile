@@ -26,8 +26,9 @@ run: setup  ## run the whole pipeline locally on the built-in benchmark (ARGS=..
 test: setup  ## run the test suite
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(ARGS)
 
-lint: setup  ## ruff
+lint: setup  ## ruff check and ruff format --check
 	$(BIN)/ruff check src components pipeline tests bench
+	$(BIN)/ruff format --check src components pipeline tests bench
 
 format: setup  ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix src components pipeline tests bench

@@ -19,7 +19,11 @@ REPO = Path(__file__).resolve().parents[1]
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "autoft.cli", *args], capture_output=True, text=True, cwd=cwd or REPO, env=env,
+        [sys.executable, "-m", "autoft.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or REPO,
+        env=env,
         timeout=120,
     )
 
@@ -72,8 +76,10 @@ def test_malformed_override_and_missing_config(tmp_path: Path, capsys: pytest.Ca
 def test_corrupt_checkpoint_fails_before_compute(tmp_path: Path) -> None:
     model = tmp_path / "model"
     model.mkdir()
-    (model / "model_card.json").write_text('{"schema": "autoft.model_card/v1", "model_name": "autoft-tiny-vit",'
-                                           ' "class_names": ["a", "b"], "templates": ["{c}"]}')
+    (model / "model_card.json").write_text(
+        '{"schema": "autoft.model_card/v1", "model_name": "autoft-tiny-vit",'
+        ' "class_names": ["a", "b"], "templates": ["{c}"]}'
+    )
     (model / "model.safetensors").write_bytes(b"\x00garbage, not a safetensors file")
     images = tmp_path / "images" / "a"
     images.mkdir(parents=True)
@@ -92,9 +98,7 @@ def test_missing_prepared_data_names_the_step(tmp_path: Path) -> None:
     assert "run `autoft prepare`" in result.stderr
 
 
-def test_local_runs_share_one_mlflow_db_beside_the_run_folders(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_local_runs_share_one_mlflow_db_beside_the_run_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from autoft.cli import preset_path, with_shared_local_tracking
     from autoft.config import load_config
 

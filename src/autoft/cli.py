@@ -274,7 +274,10 @@ def _add_stage_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--zeroshot", required=True, help="zero-shot model folder")
     p.add_argument("--method", default="autoft")
     p.add_argument(
-        "--hparams", action="append", required=True, metavar="METHOD=FILE",
+        "--hparams",
+        action="append",
+        required=True,
+        metavar="METHOD=FILE",
         help="select-best output per method (controls such as autoft_ce read autoft's)",
     )
     p.add_argument("--out", required=True, help="output folder (model/, wiseft/, train/, wiseft.json)")

@@ -106,8 +106,9 @@ def plot_id_vs_ood(results: dict[str, Any], path: Path) -> Path:
         ax.plot(xs, ys, "-", alpha=0.5, label=f"{method} WiSE-FT (alpha 0..1)")
     for method, row in results["methods"].items():
         ax.scatter(100 * row["id_test"], 100 * row["ood_avg"], s=45, zorder=3)
-        ax.annotate(method, (100 * row["id_test"], 100 * row["ood_avg"]), fontsize=8, xytext=(4, 3),
-                    textcoords="offset points")
+        ax.annotate(
+            method, (100 * row["id_test"], 100 * row["ood_avg"]), fontsize=8, xytext=(4, 3), textcoords="offset points"
+        )
     ax.set_xlabel(f"ID test {results['metric']} (%)")
     ax.set_ylabel(f"OOD average {results['metric']} (%)")
     ax.set_title("ID vs OOD: every method, with WiSE-FT curves")

@@ -68,9 +68,7 @@ class ObjectiveStep:
             logits, image_features = self.model.forward_features(images)
             batch = LossBatch(logits=logits.float(), labels=labels_dev)
             if self.objective.needs_captions:
-                captions = random_captions(
-                    labels, self.model.class_names, self.model.templates, self.caption_generator
-                )
+                captions = random_captions(labels, self.model.class_names, self.model.templates, self.caption_generator)
                 batch.image_features = image_features.float()
                 batch.caption_features = self.model.encode_texts(captions).float()
                 batch.logit_scale = self.model.logit_scale.float()
@@ -307,8 +305,9 @@ def finetune(
         model.prepare_for_eval()
         id_val = metric_value(
             selection_metric,
-            predict(model, id_val_images, eval_transform, batch_size=eval_batch_size, device=device,
-                    num_workers=num_workers),
+            predict(
+                model, id_val_images, eval_transform, batch_size=eval_batch_size, device=device, num_workers=num_workers
+            ),
         )
         record = EpochRecord(
             epoch=epoch,

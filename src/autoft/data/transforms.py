@@ -18,12 +18,8 @@ def _finish(spec: ImageSpec) -> list[v2.Transform]:
 
 
 def eval_transform(spec: ImageSpec) -> v2.Compose:
-    return v2.Compose(
-        [v2.ToImage(), v2.Resize(spec.size, antialias=True), v2.CenterCrop(spec.size), *_finish(spec)]
-    )
+    return v2.Compose([v2.ToImage(), v2.Resize(spec.size, antialias=True), v2.CenterCrop(spec.size), *_finish(spec)])
 
 
 def train_transform(spec: ImageSpec) -> v2.Compose:
-    return v2.Compose(
-        [v2.ToImage(), v2.RandomResizedCrop(spec.size, scale=(0.9, 1.0), antialias=True), *_finish(spec)]
-    )
+    return v2.Compose([v2.ToImage(), v2.RandomResizedCrop(spec.size, scale=(0.9, 1.0), antialias=True), *_finish(spec)])
