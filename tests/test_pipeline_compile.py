@@ -80,12 +80,10 @@ def executor_base(name: str) -> str:
     return parts[0] if len(parts) == 2 and parts[1].isdigit() else base
 
 
-def test_the_committed_pipeline_is_up_to_date(tmp_path: Path) -> None:
-    # A fresh process without AUTOFT_STEP_IMAGE: the committed file uses the default image.
-    env = {k: v for k, v in os.environ.items() if k != "AUTOFT_STEP_IMAGE"}
-    fresh = tmp_path / "fresh.yaml"
+def compile_in_fresh_process(out: Path, env: dict[str, str]) -> None:
+    """`autoft compile --output OUT` in a new interpreter: the step image is read at import time."""
     result = subprocess.run(
-        [sys.executable, "-m", "autoft.cli", "compile", "--output", str(fresh)],
+        [sys.executable, "-m", "autoft.cli", "compile", "--output", str(out)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -93,6 +91,13 @@ def test_the_committed_pipeline_is_up_to_date(tmp_path: Path) -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_committed_pipeline_is_up_to_date(tmp_path: Path) -> None:
+    # A fresh process without AUTOFT_STEP_IMAGE: the committed file uses the default image.
+    env = {k: v for k, v in os.environ.items() if k != "AUTOFT_STEP_IMAGE"}
+    fresh = tmp_path / "fresh.yaml"
+    compile_in_fresh_process(fresh, env)
     assert COMPILED_PIPELINE.is_file(), "pipeline/compiled/autoft_pipeline.yaml is missing: run `autoft compile`"
     assert fresh.read_text() == COMPILED_PIPELINE.read_text(), (
         "pipeline/compiled/autoft_pipeline.yaml is stale: run `autoft compile` and commit it"
@@ -254,14 +259,6 @@ def test_a_pipeline_without_autoft_has_no_gate(default_config) -> None:
 def test_step_image_comes_from_the_environment_at_compile_time(tmp_path: Path) -> None:
     env = {**os.environ, "AUTOFT_STEP_IMAGE": "registry.example/autoft-step:9.9.9"}
     out = tmp_path / "image.yaml"
-    result = subprocess.run(
-        [sys.executable, "-m", "autoft.cli", "compile", "--output", str(out)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
+    compile_in_fresh_process(out, env)
     images = {e["container"]["image"] for e in read_pipeline_spec(out)["deploymentSpec"]["executors"].values()}
     assert images == {"registry.example/autoft-step:9.9.9"}
