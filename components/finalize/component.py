@@ -28,10 +28,10 @@ def finalize(
     from pathlib import Path
 
     import optuna
-    from optuna.trial import TrialState
 
     from autoft.methods import method_search_config, searched_methods
-    from autoft.search.study import open_storage
+    from autoft.search.study import fail_orphaned_trials, open_storage
+    from autoft.storage import atomic_write_json
     from components.runtime import (
         close_pipeline_runs,
         load_step_config,
@@ -59,14 +59,8 @@ def finalize(
             if "://" not in url and not Path(url).exists():
                 continue  # the search never started: no journal file, nothing to clean
             try:
-                storage = open_storage(url, search)
-                study = optuna.load_study(study_name=search.study_name, storage=storage)
-                study_id = storage.get_study_id_from_name(search.study_name)
-                stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                for trial in stale:
-                    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-                    storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
-                summary["failed_trials"][method] = [t.number for t in stale]
+                study = optuna.load_study(study_name=search.study_name, storage=open_storage(url, search))
+                summary["failed_trials"][method] = fail_orphaned_trials(study)
             except KeyError:
                 continue  # this method's study was never created
             except Exception as error:
@@ -79,7 +73,6 @@ def finalize(
             problems.append(f"mlflow: {error}")
     summary["problems"] = problems
     if output_dir.strip():
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(output_dir) / "pipeline_status.json").write_text(json.dumps(summary, indent=1))
+        atomic_write_json(Path(output_dir) / "pipeline_status.json", summary)
     print(f"pipeline finished {status.state}: {json.dumps(summary)}")
     return json.dumps(summary)

@@ -131,13 +131,23 @@ def prepare_study(storage: str, config: SearchConfig) -> optuna.Study:
     """
     study = create_or_load_study(storage, config)
     if getattr(study._storage, "get_heartbeat_interval", lambda: None)() is None:
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            study._storage.set_trial_user_attr(trial._trial_id, ORPHANED_ATTR, True)
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-            log.warning("trial %d was left RUNNING by a stopped worker: marked FAIL", trial.number)
+        fail_orphaned_trials(study)
     else:
         optuna.storages.fail_stale_trials(study)
     return study
+
+
+def fail_orphaned_trials(study: optuna.Study) -> list[int]:
+    """Mark every RUNNING trial FAIL (and ``orphaned``); returns their numbers.
+
+    Only for a moment when no worker of the study runs: before workers start, or after the run ended.
+    """
+    orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in orphans:
+        study._storage.set_trial_user_attr(trial._trial_id, ORPHANED_ATTR, True)
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        log.warning("trial %d was left RUNNING by a stopped worker: marked FAIL", trial.number)
+    return [trial.number for trial in orphans]
 
 
 def count_trials(study: optuna.Study) -> dict[str, int]:
