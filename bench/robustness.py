@@ -17,17 +17,17 @@ import sys
 import time
 from pathlib import Path
 
-from autoft.cli import preset_path
-from autoft.config import apply_overrides, read_yaml, validate_config
+from autoft.atomic import atomic_write_text
+from autoft.config import resolve_config
+from autoft.contracts import Results
 from autoft.runner import run_inprocess
-from autoft.storage import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def seeded_config(preset: str, seed: int, overrides: list[str]):
-    seeds = [f"seed={seed}", f"search.seed={seed}", f"finetune.seed={seed}", f"data.ood_val.seed={seed}"]
-    return validate_config(apply_overrides(read_yaml(preset_path(preset)), [*seeds, *overrides]))
+    # One root seed: the splits, the OOD-val subset, the search and the fine-tuning derive from it.
+    return resolve_config(preset=preset, overrides=[f"seed={seed}", *overrides])
 
 
 def mean_std(values: list[float]) -> str:
@@ -83,11 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         run_dir = args.runs / f"{args.preset}-seed{seed}"
         if args.summarise_only:
-            per_seed[seed] = json.loads((run_dir / "results.json").read_text())
+            per_seed[seed] = Results.load(run_dir / Results.FILE).model_dump(mode="json")
             continue
         config = seeded_config(args.preset, seed, args.overrides)
         print(f"== seed {seed} ==", flush=True)
-        per_seed[seed] = run_inprocess(config, run_dir)
+        per_seed[seed] = run_inprocess(config, run_dir).model_dump(mode="json")
     wall = sum(sum(r["timing_s"].values()) for r in per_seed.values()) if args.summarise_only else None
     report = summarise(per_seed, args.preset, wall or time.perf_counter() - start)
     atomic_write_text(args.out, report)

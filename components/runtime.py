@@ -15,14 +15,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
-import yaml
-
-from autoft.config import AutoFTConfig, ConfigError, apply_overrides, validate_config
-from autoft.methods import validate_methods
+from autoft.config import AutoFTConfig, resolve_config
+from autoft.errors import ConfigError
+from autoft.urls import is_rdb_url, url_password
 
 if TYPE_CHECKING:
+    from autoft.contracts import Results
     from autoft.tracking import Tracker
 
 # The cluster's shared Optuna storage (PostgreSQL URL with its password), from the secret
@@ -36,23 +35,15 @@ KUBERNETES_ENV = "KUBERNETES_SERVICE_HOST"
 
 
 def load_step_config(config_yaml: str, config_overrides: list[str], methods: list[str]) -> AutoFTConfig:
-    """The run's config: the YAML parameter plus ``key=value`` overrides, validated like the CLI does.
+    """The run's config: the YAML parameter plus ``key=value`` overrides, resolved like the CLI does.
 
     ``methods`` is the list the pipeline was compiled for; its DAG has a branch per method. A config
     without ``methods`` runs those; one asking for other methods is refused instead of silently running
     something else.
     """
-    try:
-        raw = yaml.safe_load(config_yaml) if config_yaml.strip() else {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"the config_yaml parameter is not valid YAML: {error}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError("the config_yaml parameter must hold a mapping (the schema of `autoft config show`)")
-    raw = apply_overrides(raw, list(config_overrides))
-    if methods and "methods" not in raw:
-        raw["methods"] = list(methods)
-    config = validate_config(raw)
-    validate_methods(config.methods)
+    config = resolve_config(
+        text=config_yaml, overrides=config_overrides, defaults={"methods": list(methods)} if methods else None
+    )
     if methods and list(config.methods) != list(methods):
         raise ConfigError(
             f"the config asks for methods {config.methods} but this pipeline was compiled for {list(methods)}; "
@@ -76,10 +67,7 @@ def run_scoped(config: AutoFTConfig, run_id: str) -> AutoFTConfig:
 
 
 def url_has_password(url: str) -> bool:
-    try:
-        return "://" in url and urlsplit(url).password is not None
-    except ValueError:
-        return False
+    return url_password(url) is not None
 
 
 def _refuse_visible_password(value: str, where: str) -> None:
@@ -125,8 +113,6 @@ def study_storage_url(reference: str, method: str) -> str:
         if not value:
             raise ConfigError(f"study storage {reference!r}: the environment variable {name} is not set in this step")
         return value
-    from autoft.search.study import is_rdb_url  # imports torch: not at module level, compiling needs none
-
     if is_rdb_url(reference):
         return reference
     path = Path(reference)
@@ -174,6 +160,14 @@ def move_into(source: Path, destination: Path) -> Path:
     destination.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(source), str(destination))
     return destination
+
+
+def provided_inputs(needed: list[str], inputs: dict[str, Any], what: str) -> dict[str, Any]:
+    """The optional inputs a step needs for this run's methods; one the pipeline did not wire is an error."""
+    missing = [method for method in needed if inputs.get(method) is None]
+    if missing:
+        raise ValueError(f"no {what} was passed for {missing}; the pipeline wiring is wrong")
+    return {method: inputs[method] for method in needed}
 
 
 def method_model_folders(methods: list[str], zeroshot: str, provided: dict[str, str | None]) -> dict[str, Path]:
@@ -243,19 +237,20 @@ def start_pipeline_run(tracker: Tracker, run_id: str, mlflow_run_id: str = "", r
     return parent
 
 
-def results_metrics(results: dict[str, Any]) -> dict[str, float]:
+def results_metrics(results: Results) -> dict[str, float]:
     """results.json as MLflow metrics: ``<method>.id_test``, ``<method>.ood.<shift>``, ``<method>.ood_avg``, ..."""
     metrics: dict[str, float] = {}
-    for method, row in results["methods"].items():
+    for method, row in results.methods.items():
         for key in ("id_val", "id_test", "ood_avg"):
-            if row.get(key) is not None:
-                metrics[f"{method}.{key}"] = float(row[key])
-        for shift, value in row["ood"].items():
+            value = getattr(row, key)
+            if value is not None:
+                metrics[f"{method}.{key}"] = float(value)
+        for shift, value in row.ood.items():
             metrics[f"{method}.ood.{shift}"] = float(value)
-    for method, search in results.get("search", {}).items():
-        metrics[f"search.{method}.best_value"] = float(search["best_value"])
-        metrics[f"search.{method}.trials_complete"] = float(search["trials_complete"])
-    for stage, seconds in results.get("timing_s", {}).items():
+    for method, search in results.search.items():
+        metrics[f"search.{method}.best_value"] = search.best_value
+        metrics[f"search.{method}.trials_complete"] = float(search.trials_complete)
+    for stage, seconds in results.timing_s.items():
         metrics[f"timing_s.{stage}"] = float(seconds)
     return metrics
 

@@ -23,7 +23,8 @@ from kfp import dsl
 from kfp.dsl.graph_component import GraphComponent
 
 from autoft.config import AutoFTConfig
-from autoft.methods import BASE_METHODS, finetuned_methods, is_wiseft, searched_methods, validate_methods
+from autoft.errors import ConfigError
+from autoft.methods import finetuned_methods, hparams_source, method_problems, model_source, searched_methods
 from pipeline.cluster import ClusterSettings, gpu_task, step, with_datasets, with_mlflow, with_study_storage
 
 PIPELINE_NAME = "autoft"
@@ -49,7 +50,9 @@ def build_pipeline(config: AutoFTConfig, settings: ClusterSettings | None = None
     """The pipeline for ``config.methods``, with ``config`` as the default of its config_yaml parameter."""
     settings = settings or ClusterSettings()
     methods = list(config.methods)
-    validate_methods(methods)
+    problems = method_problems(methods)
+    if problems:
+        raise ConfigError("; ".join(problems))
     searched = searched_methods(methods)
     finetuned = finetuned_methods(methods)
     has_candidate = bool(default_candidate(methods))
@@ -148,23 +151,23 @@ def build_pipeline(config: AutoFTConfig, settings: ClusterSettings | None = None
             # Fine-tuning: each method from its own search, or a control from the search it borrows.
             tuned: dict[str, dsl.PipelineTask] = {}
             for method in finetuned:
-                source = BASE_METHODS[method].hparams_from or method
                 tuned[method] = finetune(
                     **common,
                     method=method,
                     prepared=prepared,
                     zeroshot=zeroshot,
-                    hparams=best[source].outputs["best_hparams"],
+                    hparams=best[hparams_source(method)].outputs["best_hparams"],
                 )
                 step(tuned[method], f"fine-tune: {method}", settings.training)
                 gpu_task(tuned[method], settings, settings.training, retries=settings.finetune_retries)
 
+            # Each method's model: a fine-tune step's output (WiSE-FT variants take its interpolated model).
             models = {}
             for method in methods:
-                if is_wiseft(method):
-                    models[method] = tuned[method.removesuffix("_wiseft")].outputs["wiseft_model"]
-                elif method != "zeroshot":
-                    models[method] = tuned[method].outputs["model"]
+                source = model_source(method)
+                if source.finetuned:
+                    output = "wiseft_model" if source.kind == "wiseft" else "model"
+                    models[method] = tuned[source.finetuned].outputs[output]
 
             # Evaluation: every method on every eval set (ID val/test, OOD-val, each OOD test shift).
             with dsl.ParallelFor(prepare.outputs["Output"], name="eval-sets") as eval_set:

@@ -1,7 +1,8 @@
-"""`autoft compile` and `autoft submit`: the commands that need kfp, registered into the autoft CLI.
+"""`autoft compile` and `autoft submit`: the commands that need kfp, plugged into the autoft CLI.
 
-``autoft.cli`` loads :func:`register` when this package is installed; the library itself never imports kfp.
-Heavy imports wait until a command runs, so `autoft --help` stays fast.
+pyproject.toml registers :func:`register` under the entry-point group ``autoft.commands``, which
+``autoft.cli`` loads; the library itself never imports kfp. Heavy imports wait until a command runs,
+so `autoft --help` stays fast.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import json
 import os
 from pathlib import Path
 
-from autoft.cli import DEFAULT_PRESET, _add_config_args, resolve_config
-from autoft.config import ConfigError
+from autoft.cli import add_config_arguments, config_from_args
+from autoft.config import DEFAULT_PRESET
+from autoft.errors import ConfigError
 
 # Same place as pipeline.compile.COMPILED_PIPELINE, without importing kfp to build the parser.
 COMPILED_DEFAULT = Path(__file__).resolve().parent / "compiled" / "autoft_pipeline.yaml"
@@ -24,7 +26,7 @@ def cmd_compile(args: argparse.Namespace) -> None:
     from pipeline.cluster import ClusterSettings
     from pipeline.compile import all_methods, compile_pipeline, with_methods
 
-    config = resolve_config(args, DEFAULT_PRESET)
+    config = config_from_args(args, DEFAULT_PRESET)
     if args.methods == "all":
         config = with_methods(config, all_methods())
     settings = ClusterSettings(
@@ -51,7 +53,7 @@ def _use_step_image(image: str) -> None:
 def cmd_submit(args: argparse.Namespace) -> None:
     from pipeline.submit import client_arguments, execute, plan_submission
 
-    config = resolve_config(args, DEFAULT_PRESET)
+    config = config_from_args(args, DEFAULT_PRESET)
     plan = plan_submission(
         config,
         host=args.host,
@@ -96,7 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "parameter and its methods the DAG's branches; the output is deterministic, so an unchanged pipeline "
         "compiles to an identical file. Set AUTOFT_STEP_IMAGE (or --image) for another step image.",
     )
-    _add_config_args(compile_parser)
+    add_config_arguments(compile_parser)
     compile_parser.add_argument(
         "--methods",
         choices=["config", "all"],
@@ -131,7 +133,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "recurring run with --schedule (one at a time, no catch-up). Credentials: $KFP_TOKEN as a bearer token, "
         "else a mounted KFP service-account token ($KF_PIPELINES_SA_TOKEN_PATH), else kubeconfig.",
     )
-    _add_config_args(submit)
+    add_config_arguments(submit)
     submit.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
     submit.add_argument("--namespace", help="Kubeflow profile namespace for the experiment and runs (multi-user)")
     submit.add_argument("--experiment", help="experiment name (default: autoft-<preset>)")

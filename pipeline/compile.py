@@ -15,7 +15,7 @@ import yaml
 from kfp import compiler
 
 from autoft.config import AutoFTConfig
-from autoft.methods import BASE_METHODS, WISEFT_SUFFIX
+from autoft.methods import ALL_METHODS
 from pipeline.autoft_pipeline import build_pipeline
 from pipeline.cluster import ClusterSettings
 
@@ -24,8 +24,7 @@ COMPILED_PIPELINE = Path(__file__).resolve().parent / "compiled" / "autoft_pipel
 
 def all_methods() -> list[str]:
     """Every method the pipeline can run: the base methods, then the WiSE-FT variant of each fine-tuned one."""
-    bases = list(BASE_METHODS)
-    return [*bases, *(f"{m}{WISEFT_SUFFIX}" for m in bases if BASE_METHODS[m].finetunes)]
+    return list(ALL_METHODS)
 
 
 def with_methods(config: AutoFTConfig, methods: list[str]) -> AutoFTConfig:

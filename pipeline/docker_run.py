@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from autoft.config import AutoFTConfig, ConfigError
+from autoft.config import AutoFTConfig, parse_assignments, parse_yaml
+from autoft.contracts import Results
+from autoft.errors import ConfigError
 
 if TYPE_CHECKING:
     import docker
@@ -87,7 +87,7 @@ class ContainerRecord:
 
 @dataclass
 class DockerRunSummary:
-    results: dict[str, Any]
+    results: Results
     containers: list[ContainerRecord] = field(default_factory=list)
     wall_seconds: float = 0.0
 
@@ -306,21 +306,19 @@ def run_with_kfp_docker(
     return DockerRunSummary(results, list(guard.containers), round(time.perf_counter() - start, 1))
 
 
-def check_results(results: dict[str, Any], methods: list[str]) -> None:
-    """results.json as the e2e expects it: schema autoft.results/v1, every method, every value in [0, 1]."""
-    from autoft.report import RESULTS_SCHEMA
+def check_results(results: Results, methods: list[str]) -> None:
+    """results.json as the e2e expects it: every method, OOD results, every value a number in [0, 1].
 
+    The schema itself was checked when the file was loaded (:class:`autoft.contracts.Results`).
+    """
     problems = []
-    if results.get("schema") != RESULTS_SCHEMA:
-        problems.append(f"schema is {results.get('schema')!r}, not {RESULTS_SCHEMA!r}")
-    rows = results.get("methods") or {}
-    missing = [method for method in methods if method not in rows]
+    missing = [method for method in methods if method not in results.methods]
     if missing:
-        problems.append(f"methods missing: {missing} (present: {sorted(rows)})")
-    for method, row in rows.items():
-        values = {key: row.get(key) for key in RESULT_KEYS}
-        values.update({f"ood.{shift}": value for shift, value in (row.get("ood") or {}).items()})
-        if not row.get("ood"):
+        problems.append(f"methods missing: {missing} (present: {sorted(results.methods)})")
+    for method, row in results.methods.items():
+        values = {key: getattr(row, key) for key in RESULT_KEYS}
+        values.update({f"ood.{shift}": value for shift, value in row.ood.items()})
+        if not row.ood:
             problems.append(f"{method}: no OOD results")
         for key, value in values.items():
             if not isinstance(value, int | float) or not math.isfinite(value) or not 0.0 <= value <= 1.0:
@@ -330,17 +328,12 @@ def check_results(results: dict[str, Any], methods: list[str]) -> None:
 
 
 def _key_values(items: list[str], option: str, parse: bool) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"{option} {item!r}: use KEY=VALUE")
-        values[key.strip()] = yaml.safe_load(text) if parse and text.strip() else text
-    return values
+    pairs = parse_assignments(items, option, "KEY=VALUE")
+    return {key: parse_yaml(text, f"{option} {key}") if parse and text.strip() else text for key, text in pairs.items()}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from autoft.cli import _add_config_args
+    from autoft.cli import add_config_arguments
 
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.docker_run",
@@ -348,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(autoft-step:0.1.0 unless --image / $AUTOFT_STEP_IMAGE), then check results.json (schema "
         "autoft.results/v1, every method, values in [0, 1]). Exits non-zero if a step fails.",
     )
-    _add_config_args(parser)
+    add_config_arguments(parser)
     parser.add_argument("--out", type=Path, help="run folder (default: runs/docker-<preset>-<timestamp>)")
     parser.add_argument("--image", help="a locally built step image, repo:tag (sets AUTOFT_STEP_IMAGE)")
     parser.add_argument("--cache-dir", type=Path, help="host folder for AUTOFT_CACHE (default: the host's own)")
@@ -387,9 +380,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_and_check(args: argparse.Namespace) -> int:
-    from autoft.cli import DEFAULT_PRESET, resolve_config
+    from autoft.cli import config_from_args
+    from autoft.config import DEFAULT_PRESET
 
-    config = resolve_config(args, DEFAULT_PRESET)
+    config = config_from_args(args, DEFAULT_PRESET)
     run_dir = args.out or Path("runs") / f"docker-{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     from components.image import STEP_IMAGE
 

@@ -27,7 +27,7 @@ from components.runtime import STUDY_STORAGE_ENV, url_has_password
 from kfp import local
 
 from autoft.config import AutoFTConfig, save_config
-from autoft.methods import validate_methods
+from autoft.contracts import Results
 from pipeline.autoft_pipeline import DEFAULT_SEARCH_WORKERS, build_pipeline, config_parameter
 from pipeline.cluster import ClusterSettings
 
@@ -183,14 +183,13 @@ def run_with_kfp_local(
     parameters: dict[str, Any] | None = None,
     echo: bool = True,
     runner: local.SubprocessRunner | local.DockerRunner | None = None,
-) -> dict[str, Any]:
+) -> Results:
     """Run the whole pipeline through kfp.local into ``run_dir``; returns the results (results.json).
 
     ``parameters`` sets other pipeline parameters (e.g. ``gate_min_gain``); the config, the folders and
     the study/MLflow locations are derived from ``config`` and ``run_dir``. ``runner`` defaults to
     subprocesses in this venv; pipeline/docker_run.py passes a DockerRunner (steps in the step image).
     """
-    validate_methods(config.methods)
     if search_workers < 1:
         raise ValueError(f"search_workers must be >= 1, got {search_workers}")
     run_dir = Path(run_dir).resolve()
@@ -242,4 +241,4 @@ def run_with_kfp_local(
     if not results_path.is_file():
         raise PipelineRunError(f"the pipeline succeeded but wrote no {results_path}; full log: {log_path}")
     shutil.rmtree(tmp, ignore_errors=True)
-    return json.loads(results_path.read_text())
+    return Results.load(results_path)

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autoft.config import AutoFTConfig, ConfigError
+from autoft.config import AutoFTConfig, parse_assignments, parse_yaml
+from autoft.errors import ConfigError
 from pipeline.autoft_pipeline import config_parameter
 from pipeline.compile import COMPILED_PIPELINE, compiled_default_config, pipeline_parameters, read_pipeline_spec
 
@@ -115,19 +116,13 @@ def kfp_cron(schedule: str) -> str:
 
 def parse_parameters(items: list[str], declared: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """``name=value`` pairs (values parsed as YAML) for declared pipeline parameters."""
-    import yaml
-
     values: dict[str, Any] = {}
-    for item in items:
-        name, sep, text = item.partition("=")
-        if not sep or not name.strip():
-            raise ConfigError(f"--param {item!r}: use NAME=VALUE, e.g. --param search_workers=4")
-        name = name.strip()
+    for name, text in parse_assignments(items, "--param", "search_workers=4").items():
         if name not in declared:
             raise ConfigError(f"--param {name!r} is not a pipeline parameter; parameters: {sorted(declared)}")
         if name in ("config_yaml", "config_overrides"):
             raise ConfigError(f"--param {name}: the config comes from --preset/--config and --set")
-        values[name] = yaml.safe_load(text) if text.strip() else ""
+        values[name] = parse_yaml(text, f"--param {name}") if text.strip() else ""
     return values
 
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from autoft.config import AutoFTConfig, validate_config
-from autoft.data.base import ArrayImages
+from autoft.data.images import ArrayImages
 from autoft.data.transforms import eval_transform, train_transform
 from autoft.models.classifier import CLIPClassifier, build_zeroshot_classifier
 from autoft.models.factory import ImageSpec

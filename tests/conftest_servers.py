@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from autoft.storage import database_url
+from autoft.urls import database_url
 from servers import (
     ServerProcess,
     create_bucket,

@@ -13,55 +13,53 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoft.cli import preset_path
-from autoft.config import load_config
-from autoft.report import RESULTS_SCHEMA
+from autoft.config import resolve_config
+from autoft.contracts import Results
 from autoft.runner import RunLayout, run_inprocess
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Results, Path]:
     run_dir = tmp_path_factory.mktemp("smoke") / "run"
-    config = load_config(preset_path("smoke"), ["device=cpu"])
+    config = resolve_config(preset="smoke", overrides=["device=cpu"])
     return run_inprocess(config, run_dir, progress=False), run_dir
 
 
 @pytest.mark.slow
-def test_results_follow_the_schema(smoke_run: tuple[dict, Path]) -> None:
+def test_results_follow_the_schema(smoke_run: tuple[Results, Path]) -> None:
     results, run_dir = smoke_run
-    assert results == json.loads((run_dir / "results.json").read_text())
-    assert results["schema"] == RESULTS_SCHEMA
-    assert results["preset"] == "smoke" and results["metric"] == "accuracy"
-    assert results["ood_val_set"]
-    expected_methods = load_config(preset_path("smoke")).methods
-    assert list(results["methods"]) == expected_methods
+    assert Results.load(run_dir / "results.json") == results
+    assert json.loads((run_dir / "results.json").read_text())["schema"] == Results.SCHEMA
+    assert results.preset == "smoke" and results.metric == "accuracy"
+    assert results.ood_val_set
+    expected_methods = resolve_config(preset="smoke").methods
+    assert list(results.methods) == expected_methods
     shifts = None
-    for method, row in results["methods"].items():
-        assert set(row) >= {"id_val", "id_test", "ood", "ood_avg", "hparams", "wiseft_alpha"}, method
-        shifts = shifts or list(row["ood"])
-        assert list(row["ood"]) == shifts and len(shifts) >= 4, method
-        for value in [row["id_val"], row["id_test"], *row["ood"].values(), row["ood_avg"]]:
+    for method, row in results.methods.items():
+        shifts = shifts or list(row.ood)
+        assert list(row.ood) == shifts and len(shifts) >= 4, method
+        for value in [row.id_val, row.id_test, *row.ood.values(), row.ood_avg]:
             assert 0.0 <= value <= 1.0, (method, value)
-        assert row["ood_avg"] == pytest.approx(np.mean(list(row["ood"].values())))
-        assert (row["wiseft_alpha"] is not None) == method.endswith("_wiseft")
+        assert row.ood_avg == pytest.approx(np.mean(list(row.ood.values())))
+        assert (row.wiseft_alpha is not None) == method.endswith("_wiseft")
     for method in ("ft", "flyp", "autoft", "ft_oodval"):
-        search = results["search"][method]
-        assert search["trials_complete"] == 3 and 0.0 <= search["best_value"] <= 1.0
-    assert results["methods"]["autoft"]["hparams"]["weights"]["ce"] == 1.0
+        search = results.search[method]
+        assert search.trials_complete == 3 and 0.0 <= search.best_value <= 1.0
+    assert results.methods["autoft"].hparams.weights["ce"] == 1.0
     # The control reuses AutoFT's lr and wd with cross-entropy only.
-    control, autoft = results["methods"]["autoft_ce"]["hparams"], results["methods"]["autoft"]["hparams"]
-    assert (control["lr"], control["weight_decay"]) == (autoft["lr"], autoft["weight_decay"])
-    assert control["weights"] == {"ce": 1.0}
+    control, autoft = results.methods["autoft_ce"].hparams, results.methods["autoft"].hparams
+    assert (control.lr, control.weight_decay) == (autoft.lr, autoft.weight_decay)
+    assert control.weights == {"ce": 1.0}
     for name in ("report.md", "report.html", "plots/id_vs_ood.png", "plots/search_history.png", "config.yaml"):
         assert (run_dir / name).is_file(), name
 
 
 @pytest.mark.slow
-def test_every_number_matches_its_confusion_matrix(smoke_run: tuple[dict, Path]) -> None:
+def test_every_number_matches_its_confusion_matrix(smoke_run: tuple[Results, Path]) -> None:
     results, run_dir = smoke_run
     layout = RunLayout(run_dir)
-    for method, row in results["methods"].items():
-        for eval_set, reported in [("id_val", row["id_val"]), ("id_test", row["id_test"]), *row["ood"].items()]:
+    for method, row in results.methods.items():
+        for eval_set, reported in [("id_val", row.id_val), ("id_test", row.id_test), *row.ood.items()]:
             stored = json.loads(layout.eval(eval_set).read_text())["models"][method]
             matrix = np.asarray(stored["confusion"])
             assert matrix.shape == (10, 10)
@@ -69,9 +67,9 @@ def test_every_number_matches_its_confusion_matrix(smoke_run: tuple[dict, Path])
 
 
 @pytest.mark.slow
-def test_wiseft_curve_ends_are_the_zeroshot_and_finetuned_models(smoke_run: tuple[dict, Path]) -> None:
+def test_wiseft_curve_ends_are_the_zeroshot_and_finetuned_models(smoke_run: tuple[Results, Path]) -> None:
     results, _ = smoke_run
-    for method, curve in results["wiseft_curves"].items():
-        assert curve["0.00"]["id_test"] == pytest.approx(results["methods"]["zeroshot"]["id_test"])
-        assert curve["1.00"]["id_test"] == pytest.approx(results["methods"][method]["id_test"])
-        assert curve["1.00"]["ood_avg"] == pytest.approx(results["methods"][method]["ood_avg"])
+    for method, curve in results.wiseft_curves.items():
+        assert curve["0.00"].id_test == pytest.approx(results.methods["zeroshot"].id_test)
+        assert curve["1.00"].id_test == pytest.approx(results.methods[method].id_test)
+        assert curve["1.00"].ood_avg == pytest.approx(results.methods[method].ood_avg)

@@ -95,15 +95,15 @@ def test_corrupt_checkpoint_fails_before_compute(tmp_path: Path) -> None:
 def test_missing_prepared_data_names_the_step(tmp_path: Path) -> None:
     result = run_cli("zeroshot", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "zs"))
     assert result.returncode == EXIT_USER_ERROR
-    assert "run `autoft prepare`" in result.stderr
+    assert "run `autoft step prepare`" in result.stderr
 
 
 def test_local_runs_share_one_mlflow_db_beside_the_run_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from autoft.cli import preset_path, with_shared_local_tracking
-    from autoft.config import load_config
+    from autoft.cli import with_shared_local_tracking
+    from autoft.config import resolve_config
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    config = load_config(preset_path("smoke"))
+    config = resolve_config(preset="smoke")
     first = with_shared_local_tracking(config, tmp_path / "runs" / "smoke-1")
     second = with_shared_local_tracking(config, tmp_path / "runs" / "smoke-2")
     # `make mlflow-ui` reads runs/mlflow.db: both runs must land there, and the input stays untouched.

@@ -50,8 +50,9 @@ from kfp.dsl import (
 )
 from mlflow import MlflowClient
 
-from autoft.config import AutoFTConfig, ConfigError, config_to_yaml
-from autoft.report import RESULTS_SCHEMA
+from autoft.config import AutoFTConfig, config_to_yaml
+from autoft.contracts import MethodResult, Results
+from autoft.errors import ConfigError
 from conftest import tiny_pipeline_config
 
 METHODS = ["zeroshot", "autoft", "autoft_ce", "autoft_wiseft"]
@@ -391,7 +392,7 @@ def test_evaluate_fails_when_a_method_has_no_model(
 
 def test_report_writes_results_in_the_benchmark_schema(work: Path, reported: dict[str, Any]) -> None:
     results = json.loads(Path(reported["results"].path).read_text())
-    assert results["schema"] == RESULTS_SCHEMA
+    assert results["schema"] == Results.SCHEMA
     assert list(results["methods"]) == METHODS
     assert set(results["methods"]["autoft"]) >= {"id_val", "id_test", "ood", "ood_avg", "hparams", "wiseft_alpha"}
     assert list(results["methods"]["autoft"]["ood"]) == ["invert"]
@@ -574,14 +575,15 @@ def test_check_candidate_and_model_folders() -> None:
 
 
 def test_gate_decision_rules() -> None:
-    results = {
-        "methods": {
-            "zeroshot": {"ood_avg": 0.40},
-            "ft": {"ood_avg": 0.50},
-            "autoft": {"ood_avg": 0.55},
-            "autoft_wiseft": {"ood_avg": None},
-        }
-    }
+    def row(ood_avg: float | None) -> MethodResult:
+        return MethodResult(id_val=0.9, id_test=0.9, ood={} if ood_avg is None else {"x": ood_avg}, ood_avg=ood_avg)
+
+    results = Results(
+        preset="p",
+        metric="accuracy",
+        ood_val_set="v",
+        methods={"zeroshot": row(0.40), "ft": row(0.50), "autoft": row(0.55), "autoft_wiseft": row(None)},
+    )
     assert decide(results, "autoft", ["zeroshot", "ft"], 0.0, None, "p", "accuracy").passed
     assert not decide(results, "autoft", ["zeroshot", "ft"], 0.1, None, "p", "accuracy").passed
     better = Champion("3", 0.60, "p", "accuracy")

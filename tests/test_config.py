@@ -6,15 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from autoft.config import (
-    LOSS_NAMES,
-    AutoFTConfig,
-    ConfigError,
-    apply_overrides,
-    load_config,
-    save_config,
-    validate_config,
-)
+from autoft.config import AutoFTConfig, apply_overrides, config_to_yaml, resolve_config, save_config, validate_config
+from autoft.errors import ConfigError
+from autoft.hparams import LOSS_NAMES
 
 
 def _error(raw: dict) -> str:
@@ -128,33 +122,66 @@ def test_override_through_a_scalar_is_rejected() -> None:
 def test_load_config_applies_overrides_over_the_file_and_validates(tmp_path: Path) -> None:
     path = tmp_path / "preset.yaml"
     path.write_text("preset: tiny\nsearch:\n  n_trials: 7\n  losses: [ce, hinge, l2init]\nfinetune:\n  epochs: 3\n")
-    config = load_config(path, ["search.n_trials=3", "finetune.warmup_steps=0"])
+    config = resolve_config(config_file=path, overrides=["search.n_trials=3", "finetune.warmup_steps=0"])
     assert config.preset == "tiny"
     assert config.search.n_trials == 3
     assert config.search.losses == ["ce", "hinge", "l2init"]
     assert (config.finetune.epochs, config.finetune.warmup_steps) == (3, 0)
     with pytest.raises(ConfigError, match=r"search\.n_trials: unknown key|search\.n_trial: unknown key"):
-        load_config(path, ["search.n_trial=3"])
+        resolve_config(config_file=path, overrides=["search.n_trial=3"])
     with pytest.raises(ConfigError, match=r"search\.n_trials"):
-        load_config(path, ["search.n_trials=zero"])
+        resolve_config(config_file=path, overrides=["search.n_trials=zero"])
 
 
 def test_load_config_reports_file_problems(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file not found"):
-        load_config(tmp_path / "missing.yaml")
+        resolve_config(config_file=tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("search: [unclosed\n")
     with pytest.raises(ConfigError, match="is not valid YAML"):
-        load_config(bad)
+        resolve_config(config_file=bad)
     listing = tmp_path / "list.yaml"
     listing.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping at the top level"):
-        load_config(listing)
+        resolve_config(config_file=listing)
 
 
 def test_saved_config_loads_back_identically(tmp_path: Path) -> None:
-    config = load_config(None, ["search.n_trials=11", "search.losses=[ce,flyp,l1init]", "finetune.lr=3e-4"])
+    config = resolve_config(overrides=["search.n_trials=11", "search.losses=[ce,flyp,l1init]", "finetune.lr=3e-4"])
     path = save_config(config, tmp_path / "resolved.yaml")
-    again = load_config(path)
+    again = resolve_config(config_file=path)
     assert isinstance(again, AutoFTConfig)
     assert again == config
+
+
+def test_one_root_seed_drives_every_component_unless_one_is_set() -> None:
+    config = resolve_config(preset="digits", overrides=["seed=3"])
+    assert (config.search_seed, config.finetune_seed, config.ood_val_seed) == (3, 3, 3)
+    assert config.search_for("autoft").seed == 3
+    pinned = resolve_config(preset="digits", overrides=["seed=3", "search.seed=7", "finetune.seed=8"])
+    assert (pinned.search_seed, pinned.finetune_seed, pinned.ood_val_seed) == (7, 8, 3)
+    assert "seed: null" in config_to_yaml(config), "the saved config keeps 'derive from the root seed'"
+
+
+def test_methods_and_dataset_options_are_checked_by_the_schema() -> None:
+    with pytest.raises(ConfigError, match=r"methods: unknown methods \['bogus'\]"):
+        resolve_config(preset="digits", overrides=["methods=[zeroshot,bogus]"])
+    with pytest.raises(ConfigError, match="'ft_wiseft' needs 'ft'"):
+        resolve_config(overrides=["methods=[zeroshot,ft_wiseft]"])
+    with pytest.raises(ConfigError, match=r"data\.options: ood_test_shifts: unknown \['fog'\]"):
+        resolve_config(overrides=["data.options.ood_test_shifts=[fog]"])
+    options = resolve_config(overrides=["data.dataset=cifar10", "data.options.cifar10c_severity=3"]).data.options
+    assert type(options).__name__ == "CifarOptions" and options.cifar10c_severity == 3
+
+
+def test_types_are_strict_and_an_empty_config_is_an_error(tmp_path: Path) -> None:
+    for bad in ("search.n_trials=yes", "search.n_trials=2.5", "search.base_lr=true"):
+        with pytest.raises(ConfigError, match="search"):
+            resolve_config(overrides=[bad])
+    assert resolve_config(overrides=["search.base_lr=1e-5"]).search.base_lr == 1e-5
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing here\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        resolve_config(config_file=empty)
+    with pytest.raises(ConfigError, match="is empty"):
+        resolve_config(text="")

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoft.config import ConfigError, load_config
-from autoft.data.base import DataError, load_split, read_manifest
+from autoft.config import resolve_config
 from autoft.data.ds_cifar import NpyRowsImages, build_cifar10, read_cifar_batch, read_cifar_pickle
+from autoft.data.manifests import load_split, read_manifest
+from autoft.errors import ConfigError, DataError
 from fakes.cifar import CLASSES, make_fake_cifar
 
 PRESETS = Path(__file__).resolve().parents[1] / "src" / "autoft" / "presets"
@@ -27,12 +28,12 @@ def fake(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def built(fake, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("cifar_out")
-    config = load_config(PRESETS / "cifar10.yaml", [f"data.root={fake.root}"])
+    config = resolve_config(preset="cifar10", overrides=[f"data.root={fake.root}"])
     return build_cifar10(config, out), out
 
 
 def _build(root: Path, out: Path, *overrides: str):
-    return build_cifar10(load_config(PRESETS / "cifar10.yaml", [f"data.root={root}", *overrides]), out)
+    return build_cifar10(resolve_config(preset="cifar10", overrides=[f"data.root={root}", *overrides]), out)
 
 
 def _check_encoding(images, labels: np.ndarray) -> None:
@@ -170,9 +171,9 @@ def test_cifar10c_with_uneven_rows_is_an_error(fake, tmp_path: Path) -> None:
 
 
 def test_bad_options(fake, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"cifar10c_severity must be an integer 1\.\.5"):
+    with pytest.raises(ConfigError, match=r"cifar10c_severity: Input should be greater than or equal to 1 \(got 0\)"):
         _build(fake.root, tmp_path, "data.options.cifar10c_severity=0")
     with pytest.raises(ConfigError, match="unknown \\['rain'\\]"):
         _build(fake.root, tmp_path, "data.options.cifar10c_corruptions=[rain]")
-    with pytest.raises(ConfigError, match="id_val_fraction must be a number in \\(0, 1\\)"):
+    with pytest.raises(ConfigError, match="id_val_fraction: Input should be less than 1"):
         _build(fake.root, tmp_path, "data.options.id_val_fraction=5000")

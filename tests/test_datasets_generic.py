@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoft.config import ConfigError, load_config
-from autoft.data.base import NO_GROUP, DataError, FileImages, load_split
+from autoft.config import resolve_config
 from autoft.data.ds_generic import build_csv, build_folder, load_eval_set, stratified_holdout
+from autoft.data.images import NO_GROUP, FileImages
+from autoft.data.manifests import load_split
+from autoft.errors import ConfigError, DataError
 from fakes import write_image
 
 CLASSES = ["cat", "dog", "red fox"]
@@ -24,7 +26,7 @@ def _tree(root: Path, classes: list[str], per_class: int = 2, seed: int = 0) -> 
 
 
 def _config(dataset: str, root: Path):
-    return load_config(None, [f"data.dataset={dataset}", f"data.root={root}"])
+    return resolve_config(overrides=[f"data.dataset={dataset}", f"data.root={root}"])
 
 
 def _write_csv(path: Path, rows: list[tuple], header: tuple = ("path", "label", "group")) -> Path:
@@ -60,7 +62,7 @@ def test_folder_dataset_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="'wolf'"):
         build_folder(_config("folder", root), tmp_path / "out")
     with pytest.raises(ConfigError, match=r"data\.root is empty"):
-        build_folder(load_config(None, ["data.dataset=folder"]), tmp_path / "out")
+        build_folder(resolve_config(overrides=["data.dataset=folder"]), tmp_path / "out")
 
 
 def test_csv_dataset_with_groups_and_class_file(tmp_path: Path) -> None:

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from autoft.config import ConfigError, load_config
-from autoft.data.base import DataError, load_split, read_manifest
-from autoft.data.ds_imagenet import IMAGENET_C_CORRUPTIONS, build_imagenet, logits_fn_from_manifest
+from autoft.config import resolve_config
+from autoft.data.ds_imagenet import build_imagenet
+from autoft.data.manifests import load_split, logits_fn_from_manifest, read_manifest
+from autoft.data.options import COMMON_CORRUPTIONS as IMAGENET_C_CORRUPTIONS
+from autoft.errors import ConfigError, DataError
 from fakes.imagenet import A_SUBSET, NAMES, OBJECTNET, R_SUBSET, WNIDS, make_fake_imagenet
 
 PRESETS = Path(__file__).resolve().parents[1] / "src" / "autoft" / "presets"
@@ -27,12 +29,12 @@ def imagenet_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def built(imagenet_root: Path, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("imagenet_out")
-    config = load_config(PRESETS / "imagenet.yaml", [f"data.root={imagenet_root}"])
+    config = resolve_config(preset="imagenet", overrides=[f"data.root={imagenet_root}"])
     return build_imagenet(config, out), out
 
 
 def _build(root: Path, out: Path, *overrides: str):
-    return build_imagenet(load_config(PRESETS / "imagenet.yaml", [f"data.root={root}", *overrides]), out)
+    return build_imagenet(resolve_config(preset="imagenet", overrides=[f"data.root={root}", *overrides]), out)
 
 
 def _wnid_of(path: str) -> str:
@@ -181,11 +183,11 @@ def test_class_names_files(imagenet_root: Path, tmp_path: Path, caplog: pytest.L
 
 
 def test_bad_options_fail_with_the_allowed_values(imagenet_root: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"imagenet_c_severity must be an integer 1\.\.5"):
+    with pytest.raises(ConfigError, match=r"imagenet_c_severity: Input should be less than or equal to 5 \(got 9\)"):
         _build(imagenet_root, tmp_path, "data.options.imagenet_c_severity=9")
     with pytest.raises(ConfigError, match="unknown \\['imagenet_x'\\]"):
         _build(imagenet_root, tmp_path, "data.options.shifts=[imagenet_x]")
-    with pytest.raises(ConfigError, match="unknown keys \\['corruption'\\]"):
+    with pytest.raises(ConfigError, match="corruption: unknown key"):
         _build(imagenet_root, tmp_path, "data.options.corruption=fog")
 
 
@@ -196,3 +198,22 @@ def test_logit_groups_validation() -> None:
     logits = torch.tensor([[1.0, 2.0, 3.0], [5.0, 9.0, 0.0]])
     assert torch.equal(project(logits), torch.tensor([[3.0, 2.0], [5.0, 9.0]]))
     assert np.isclose(float(project(logits).sum()), 19.0)
+
+
+def test_the_full_class_set_uses_open_clips_distinct_names(tmp_path: Path) -> None:
+    from open_clip import IMAGENET_CLASSNAMES
+
+    from autoft.data.ds_imagenet import imagenet_class_names
+
+    wnids = [f"n{i:08d}" for i in range(1000)]
+    # WordNet's first synonyms repeat names (two "crane"s, two "maillot"s); a mapping like that must not win.
+    (tmp_path / "LOC_synset_mapping.txt").write_text("".join(f"{w} crane, bird\n" for w in wnids))
+    names = imagenet_class_names(tmp_path, wnids)
+    assert names == list(IMAGENET_CLASSNAMES)
+    assert {"crane bird", "construction crane"} <= set(names) and "crane" not in names
+    assert len(set(names)) == 998  # as published: "missile" and "sunglasses" each name two classes
+    subset = wnids[:3]
+    with pytest.raises(DataError, match=r"\['crane'\] name several classes"):
+        imagenet_class_names(tmp_path, subset)
+    (tmp_path / "classnames.txt").write_text("".join(f"{w} class {i}\n" for i, w in enumerate(wnids)))
+    assert imagenet_class_names(tmp_path, subset) == ["class 0", "class 1", "class 2"], "the user's file wins"

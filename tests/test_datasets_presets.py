@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from autoft.config import load_config
-from autoft.data.base import load_split
+from autoft.config import resolve_config
+from autoft.data.manifests import load_split
 from autoft.data.registry import get_builder
 from autoft.data.subsets import ood_val_indices
-from autoft.data.templates import FMOW_TEMPLATES, IMAGENET_TEMPLATES, TEMPLATES
-from autoft.methods import validate_methods
+from autoft.data.templates import FMOW_TEMPLATES, TEMPLATES, imagenet_templates, templates_for
+from autoft.methods import method_problems
 from fakes.cifar import make_fake_cifar
 from fakes.imagenet import make_fake_imagenet
 from fakes.wilds import make_fake_fmow, make_fake_iwildcam
@@ -38,7 +38,7 @@ PAPER = {
 
 @pytest.mark.parametrize("preset", sorted(PAPER))
 def test_preset_validates_with_the_papers_settings(preset: str) -> None:
-    config = load_config(PRESETS / f"{preset}.yaml")
+    config = resolve_config(preset=preset)
     metric, size, balanced, trials, steps, epochs, batch = PAPER[preset]
     assert (config.preset, config.data.dataset) == (preset, preset)
     assert config.metric == metric and config.model_selection_metric == metric
@@ -46,31 +46,31 @@ def test_preset_validates_with_the_papers_settings(preset: str) -> None:
     assert (config.search.n_trials, config.search.inner_steps, config.search.base_lr) == (trials, steps, 1e-5)
     assert (config.finetune.epochs, config.finetune.batch_size, config.finetune.warmup_steps) == (epochs, batch, 500)
     assert (config.model.name, config.model.pretrained) == ("ViT-B-16", "openai")
-    validate_methods(config.methods)
+    assert method_problems(config.methods) == []
     assert (REPO / "pipeline" / "presets" / f"{preset}.yaml").is_file()  # linked for the pipeline
 
 
 @pytest.mark.parametrize("preset", sorted(PAPER))
 def test_preset_builder_runs_on_fabricated_data(preset: str, tmp_path: Path) -> None:
     root = FABRICATORS[preset](tmp_path / "data")
-    config = load_config(PRESETS / f"{preset}.yaml", [f"data.root={root}"])
+    config = resolve_config(preset=preset, overrides=[f"data.root={root}"])
     out = tmp_path / "prepared"
     splits = get_builder(config.data.dataset)(config, out)
     splits.check()
-    assert splits.templates == list(TEMPLATES[preset])
+    assert splits.templates == templates_for(preset)
     for name, manifest in splits.manifests.items():
         images = load_split(out / manifest)
         assert len(images) > 0, name
         assert images.image(len(images) - 1) is not None
     source = load_split(out / splits.manifests["ood_val_source"])
     chosen = ood_val_indices(
-        source.labels, config.data.ood_val.size, config.data.ood_val.seed, config.data.ood_val.class_balanced
+        source.labels, config.data.ood_val.size, config.ood_val_seed, config.data.ood_val.class_balanced
     )
     assert len(chosen) > 0
 
 
 def test_templates_are_the_papers() -> None:
-    assert len(IMAGENET_TEMPLATES) == 80 and len(set(IMAGENET_TEMPLATES)) == 80
+    assert len(imagenet_templates()) == 80 and len(set(imagenet_templates())) == 80
     assert len(FMOW_TEMPLATES) == 16 and len(set(FMOW_TEMPLATES)) == 16
     assert TEMPLATES["iwildcam"] == ("a photo of {c}.", "{c} in the wild.")
     assert TEMPLATES["cifar10"] == ("a photo of a {c}.",)

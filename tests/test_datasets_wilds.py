@@ -15,11 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from autoft.config import load_config
+from autoft.config import resolve_config
 from autoft.data import wilds_compat
-from autoft.data.base import NO_GROUP, DataError, load_split, read_manifest, write_manifest
 from autoft.data.ds_wilds import WildsImages, build_fmow, build_iwildcam, wilds_official_metrics
+from autoft.data.images import NO_GROUP
+from autoft.data.manifests import load_split, read_manifest, write_manifest
+from autoft.errors import DataError
 from autoft.evaluate import Predictions, macro_f1, worst_group_accuracy
+from autoft.models.classifier import build_zeroshot_classifier
 from fakes.wilds import FMOW_CATEGORIES, IWILDCAM_CLASSES, make_fake_fmow, make_fake_iwildcam
 
 PRESETS = Path(__file__).resolve().parents[1] / "src" / "autoft" / "presets"
@@ -39,14 +42,14 @@ def fmow_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def iwildcam_built(iwildcam_root: Path, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("iwildcam_out")
-    config = load_config(PRESETS / "iwildcam.yaml", [f"data.root={iwildcam_root}"])
+    config = resolve_config(preset="iwildcam", overrides=[f"data.root={iwildcam_root}"])
     return build_iwildcam(config, out), out
 
 
 @pytest.fixture(scope="module")
 def fmow_built(fmow_root: Path, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("fmow_out")
-    config = load_config(PRESETS / "fmow.yaml", [f"data.root={fmow_root}"])
+    config = resolve_config(preset="fmow", overrides=[f"data.root={fmow_root}"])
     return build_fmow(config, out), out
 
 
@@ -79,7 +82,7 @@ def test_iwildcam_builder_maps_official_splits_with_labels_and_names(iwildcam_bu
 
 def test_iwildcam_without_categories_names_classes_by_index(tmp_path: Path) -> None:
     root = make_fake_iwildcam(tmp_path / "data", per_split=4, with_categories=False)
-    config = load_config(PRESETS / "iwildcam.yaml", [f"data.root={root / 'iwildcam_v2.0'}"])  # the folder itself
+    config = resolve_config(preset="iwildcam", overrides=[f"data.root={root / 'iwildcam_v2.0'}"])  # the folder itself
     splits = build_iwildcam(config, tmp_path / "out")
     assert splits.class_names == [f"class {i}" for i in range(len(IWILDCAM_CLASSES))]
 
@@ -126,7 +129,7 @@ def test_fmow_worst_region_accuracy_equals_wilds(fmow_built, seed: int) -> None:
     for split in ("ood_test", "id_val"):
         images = load_split(out / splits.manifests[split])
         pred = _random_predictions(images, seed, {0: 0.9, 1: 0.3 + 0.2 * seed, 2: 0.6, 3: 0.8, NO_GROUP: 0.0})
-        official = wilds_official_metrics(images, pred)
+        official = wilds_official_metrics(images, pred.labels, pred.predicted)
         ours = worst_group_accuracy(pred)
         assert np.float32(ours) == np.float32(official["acc_worst_region"])
         # "Other" is all wrong here: it would be the worst region if it were not excluded.
@@ -138,7 +141,7 @@ def test_iwildcam_macro_f1_equals_wilds(iwildcam_built, seed: int) -> None:
     splits, out = iwildcam_built
     images = load_split(out / splits.manifests["ood_test"])
     pred = _random_predictions(images, seed, {NO_GROUP: 0.4 + 0.2 * seed})
-    official = wilds_official_metrics(images, pred)
+    official = wilds_official_metrics(images, pred.labels, pred.predicted)
     assert np.float32(macro_f1(pred)) == np.float32(official["F1-macro_all"])
     assert 0 < official["F1-macro_all"] < 1
 
@@ -155,12 +158,12 @@ def test_official_metrics_follow_manifest_indices_and_reject_misordered_predicti
     assert subset.labels.tolist() == full.labels[chosen].tolist()
     pred = _random_predictions(full, 5, {0: 0.5, 1: 0.7})
     sub_pred = Predictions(pred.logits[chosen], pred.labels[chosen], pred.groups[chosen])
-    official = wilds_official_metrics(subset, sub_pred)
+    official = wilds_official_metrics(subset, sub_pred.labels, sub_pred.predicted)
     assert np.float32(worst_group_accuracy(sub_pred)) == np.float32(official["acc_worst_region"])
     shuffled = Predictions(pred.logits, pred.labels[::-1].copy(), pred.groups)
     if not np.array_equal(shuffled.labels, full.labels):
         with pytest.raises(ValueError, match="split order"):
-            wilds_official_metrics(full, shuffled)
+            wilds_official_metrics(full, shuffled.labels, shuffled.predicted)
 
 
 def test_wilds_split_is_picklable_for_loader_workers(fmow_built) -> None:
@@ -181,7 +184,7 @@ def test_gs_root_is_staged_through_storage(monkeypatch: pytest.MonkeyPatch, iwil
         return iwildcam_root
 
     monkeypatch.setattr(autoft.storage, "stage_to_local", fake_stage, raising=False)
-    config = load_config(PRESETS / "iwildcam.yaml", ["data.root=gs://bucket/wilds"])
+    config = resolve_config(preset="iwildcam", overrides=["data.root=gs://bucket/wilds"])
     splits = build_iwildcam(config, tmp_path)
     assert calls == ["gs://bucket/wilds"]
     assert read_manifest(tmp_path / splits.manifests["id_train"])["root"] == str(iwildcam_root)
@@ -193,7 +196,7 @@ def test_gs_root_is_staged_through_storage(monkeypatch: pytest.MonkeyPatch, iwil
 
 
 def _build(root: Path, out: Path, name: str = "iwildcam"):
-    config = load_config(PRESETS / f"{name}.yaml", [f"data.root={root}"])
+    config = resolve_config(preset=name, overrides=[f"data.root={root}"])
     return (build_iwildcam if name == "iwildcam" else build_fmow)(config, out)
 
 
@@ -235,12 +238,11 @@ def test_metadata_without_images_is_caught_at_build(tmp_path: Path) -> None:
         _build(root, tmp_path / "out")
 
 
-def test_unknown_options_are_rejected(iwildcam_root: Path, tmp_path: Path) -> None:
-    from autoft.config import ConfigError
+def test_unknown_options_are_rejected(iwildcam_root: Path) -> None:
+    from autoft.errors import ConfigError
 
-    config = load_config(PRESETS / "iwildcam.yaml", [f"data.root={iwildcam_root}", "data.options.severity=3"])
-    with pytest.raises(ConfigError, match="unknown keys \\['severity'\\]"):
-        build_iwildcam(config, tmp_path)
+    with pytest.raises(ConfigError, match=r"data\.options: severity: unknown key"):
+        resolve_config(preset="iwildcam", overrides=[f"data.root={iwildcam_root}", "data.options.severity=3"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -305,7 +307,7 @@ def test_fresh_process_loads_wilds_manifest_without_outdated_threads(iwildcam_bu
             started.append(getattr(self._target, "__module__", None))
             return original(self)
         threading.Thread.start = record
-        from autoft.data.base import load_split
+        from autoft.data.manifests import load_split
         images = load_split(sys.argv[1])
         import wilds
         print(json.dumps({"n": len(images), "type": type(images).__name__, "threads": started,
@@ -325,3 +327,24 @@ def test_fresh_process_loads_wilds_manifest_without_outdated_threads(iwildcam_bu
     assert report["type"] == "WildsImages" and report["n"] == 24
     assert not [m for m in report["threads"] if m and (m.startswith("wilds") or m.startswith("outdated"))]
     assert report["check_outdated"] and not report["outdated_module"]
+
+
+def test_evaluate_reports_wilds_own_headline_metric(fmow_root: Path, tmp_path: Path) -> None:
+    """stage_evaluate on a WILDS split: the headline value is WILDS' acc_worst_region, ours stays beside it."""
+    from autoft.stages import stage_evaluate, stage_prepare
+
+    config = resolve_config(
+        preset="fmow",
+        overrides=[f"data.root={fmow_root}", "device=cpu", "model.pretrained=''", "model.name=autoft-tiny-vit"],
+    )
+    data = stage_prepare(config, tmp_path / "data")
+    torch.manual_seed(0)
+    model = build_zeroshot_classifier("autoft-tiny-vit", "", data.class_names, data.templates[:2])
+    model.save(tmp_path / "zeroshot")
+    evaluation = stage_evaluate(
+        config, tmp_path / "data", "ood_test", {"zeroshot": tmp_path / "zeroshot"}, tmp_path / "e.json"
+    )
+    row = evaluation.models["zeroshot"]
+    assert row.value == row.metrics["wilds/acc_worst_region"]
+    assert np.float32(row.metrics["worst_group_accuracy"]) == np.float32(row.metrics["wilds/acc_worst_region"])
+    assert {"wilds/acc_avg", "wilds/acc_worst_region"} <= set(row.metrics)

@@ -28,8 +28,7 @@ from pipeline.docker_run import (
 )
 from pipeline.local_run import PipelineRunError
 
-from autoft.cli import preset_path
-from autoft.config import AutoFTConfig, validate_config
+from autoft.config import AutoFTConfig, preset_path, validate_config
 
 pytestmark = pytest.mark.docker
 

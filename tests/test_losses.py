@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from autoft.config import LOSS_NAMES
+from autoft.hparams import LOSS_NAMES
 from autoft.losses import (
     LossBatch,
     ParameterAnchor,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from autoft.data.base import NO_GROUP, ArrayImages, TransformedImages
+from autoft.data.images import NO_GROUP, ArrayImages, TransformedImages
 from autoft.evaluate import (
     Predictions,
     accuracy,

@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 
 from autoft.config import SearchConfig
 from autoft.search.study import SURPLUS_ATTR, count_trials, create_or_load_study, open_storage
-from autoft.storage import database_url
+from autoft.urls import database_url
 from servers import ServerProcess, start_optuna_dashboard, wait_for_dashboard
 
 pytest_plugins = ["conftest_servers"]

@@ -23,8 +23,7 @@ from pipeline.compile import (
     with_methods,
 )
 
-from autoft.cli import DEFAULT_PRESET, preset_path
-from autoft.config import load_config
+from autoft.config import DEFAULT_PRESET, resolve_config
 from autoft.methods import finetuned_methods, searched_methods
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +50,7 @@ def load_documents(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def default_config():
-    return load_config(preset_path(DEFAULT_PRESET))
+    return resolve_config(preset=DEFAULT_PRESET)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from pipeline.local_run import PipelineRunError, TaskLogCapture, local_arguments, run_with_kfp_local
 
 from autoft.config import AutoFTConfig
-from autoft.report import RESULTS_SCHEMA
+from autoft.contracts import Results
 from conftest import tiny_pipeline_config
 
 METHODS = ["zeroshot", "autoft", "autoft_wiseft"]
@@ -33,17 +33,15 @@ def test_a_whole_run_passes_artifacts_between_all_steps(tmp_path: Path) -> None:
         tiny_config(), run_dir, search_workers=2, parameters={"gate_min_gain": -1.0}, echo=False
     )
 
-    assert results == json.loads((run_dir / "results.json").read_text())
-    assert results["schema"] == RESULTS_SCHEMA and results["preset"] == "kfp-local-test"
-    assert list(results["methods"]) == METHODS
-    for method, row in results["methods"].items():
-        assert {"id_val", "id_test", "ood", "ood_avg", "hparams", "wiseft_alpha"} <= set(row), method
-        assert list(row["ood"]) == ["invert"]
-        assert 0.0 <= row["ood_avg"] <= 1.0
-    assert results["methods"]["autoft_wiseft"]["wiseft_alpha"] in (0.0, 1.0)
-    assert results["search"]["autoft"]["trials_complete"] == 2
-    assert set(results["wiseft_curves"]["autoft"]) == {"0.00", "1.00"}
-    assert {"prepare", "search_autoft", "finetune_autoft", "evaluate"} <= set(results["timing_s"])
+    assert results == Results.load(run_dir / "results.json") and results.preset == "kfp-local-test"
+    assert list(results.methods) == METHODS
+    for row in results.methods.values():
+        assert list(row.ood) == ["invert"]
+        assert 0.0 <= row.ood_avg <= 1.0
+    assert results.methods["autoft_wiseft"].wiseft_alpha in (0.0, 1.0)
+    assert results.search["autoft"].trials_complete == 2
+    assert set(results.wiseft_curves["autoft"]) == {"0.00", "1.00"}
+    assert {"prepare", "search_autoft", "finetune_autoft", "evaluate"} <= set(results.timing_s)
     for name in ("report.md", "report.html", "plots/id_vs_ood.png", "plots/search_history.png", "config.yaml"):
         assert (run_dir / name).is_file(), name
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["methods"] == METHODS
@@ -60,7 +58,7 @@ def test_a_whole_run_passes_artifacts_between_all_steps(tmp_path: Path) -> None:
     uri = f"sqlite:///{run_dir / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     champion = client.get_model_version_by_alias("kfp-local-clip", "champion")
-    assert float(champion.tags["ood_avg"]) == pytest.approx(results["methods"]["autoft"]["ood_avg"])
+    assert float(champion.tags["ood_avg"]) == pytest.approx(results.methods["autoft"].ood_avg)
     run = client.get_run(champion.run_id)
     assert run.info.status == "FINISHED"  # ended by the exit handler
     assert run.data.tags["autoft.gate_passed"] == "true"

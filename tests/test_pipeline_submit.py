@@ -33,8 +33,9 @@ from pipeline.submit import (
     plan_submission,
 )
 
-from autoft.cli import main, preset_path
-from autoft.config import ConfigError, load_config
+from autoft.cli import main
+from autoft.config import resolve_config
+from autoft.errors import ConfigError
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 HOST = "http://127.0.0.1:8888"
@@ -64,7 +65,7 @@ def test_dry_run_shows_version_experiment_and_parameters(capsys: pytest.CaptureF
     assert shown["experiment"] == "autoft-smoke"
     assert shown["run_name"] == f"autoft-smoke-{SHA[:12]}"
     assert shown["client"] == {"host": HOST, "namespace": "team-a"}
-    smoke = load_config(preset_path("smoke"))
+    smoke = resolve_config(preset="smoke")
     assert yaml.safe_load(shown["parameters"]["config_yaml"]) == json.loads(smoke.model_dump_json())
     assert shown["parameters"]["search_workers"] == 4
     methods = [call["method"] for call in shown["calls"]]
@@ -99,7 +100,7 @@ def test_dry_run_of_a_schedule_is_a_recurring_run_one_at_a_time(capsys: pytest.C
 @pytest.mark.parametrize("schedule", [None, "0 3 * * *"])
 def test_planned_calls_fit_the_real_kfp_client_signatures(schedule: str | None) -> None:
     plan = plan_submission(
-        load_config(preset_path("smoke")),
+        resolve_config(preset="smoke"),
         host=HOST,
         namespace="team-a",
         params=["gate_min_gain=0.01"],
@@ -112,7 +113,7 @@ def test_planned_calls_fit_the_real_kfp_client_signatures(schedule: str | None) 
 
 
 def test_execute_uploads_once_then_reuses_the_pipeline_and_version() -> None:
-    plan = plan_submission(load_config(preset_path("smoke")), host=HOST)
+    plan = plan_submission(resolve_config(preset="smoke"), host=HOST)
     # An autospec of the real class: any call that does not fit kfp.Client's signatures raises TypeError.
     client = mock.create_autospec(kfp.Client, instance=True)
     with pytest.raises(TypeError):
@@ -145,7 +146,7 @@ def test_execute_uploads_once_then_reuses_the_pipeline_and_version() -> None:
 
 
 def test_execute_a_schedule_creates_a_recurring_run() -> None:
-    plan = plan_submission(load_config(preset_path("smoke")), host=HOST, schedule="*/30 * * * *")
+    plan = plan_submission(resolve_config(preset="smoke"), host=HOST, schedule="*/30 * * * *")
     client = mock.create_autospec(kfp.Client, instance=True)
     client.get_pipeline_id.return_value = "p-1"
     client.list_pipeline_versions.return_value = V2beta1ListPipelineVersionsResponse(
@@ -169,7 +170,7 @@ def test_refs_are_shown_as_placeholders() -> None:
 
 
 def test_bad_submissions_fail_before_any_network_call(tmp_path: Path) -> None:
-    config = load_config(preset_path("smoke"))
+    config = resolve_config(preset="smoke")
     with pytest.raises(ConfigError, match="not a pipeline parameter"):
         plan_submission(config, host=HOST, params=["no_such=1"])
     with pytest.raises(ConfigError, match="--preset/--config"):

@@ -17,11 +17,12 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from autoft.config import LOSS_NAMES, Bounds, SearchConfig
-from autoft.data.base import ArrayImages, TransformedImages
+from autoft.config import Bounds, SearchConfig
+from autoft.data.images import ArrayImages, TransformedImages
 from autoft.data.loaders import BatchStream
+from autoft.errors import NonFiniteLossError
 from autoft.evaluate import accuracy, predict
-from autoft.hparams import Hyperparams, NonFiniteLossError
+from autoft.hparams import LOSS_NAMES, Hyperparams
 from autoft.models.classifier import CLIPClassifier
 from autoft.search.objective import OOD_VAL_ATTR, TrialObjective
 from autoft.search.space import HPARAMS_ATTR, SEED_RANGE, SearchSpace, trial_hparams

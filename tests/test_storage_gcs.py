@@ -1,8 +1,9 @@
-"""autoft.storage against local folders and a real fake-gcs-server through the real GCS client."""
+"""autoft.storage and autoft.atomic against local folders and a real fake-gcs-server through the real client."""
 
 from __future__ import annotations
 
-import json
+import stat
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,8 +12,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from autoft import storage
-from autoft.storage import StorageError, StorageNotFound
+from autoft import atomic, storage
+from autoft.errors import StorageError, StorageNotFound
 from servers import FlakyProxy, free_port
 
 if TYPE_CHECKING:
@@ -42,66 +43,63 @@ def _data_files(tree: dict[str, bytes]) -> dict[str, bytes]:
     return {k: v for k, v in tree.items() if not k.startswith(".") and "/." not in k}
 
 
-def test_local_paths_use_the_same_api(tmp_path: Path) -> None:
-    target = tmp_path / "out" / "results.json"
-    assert storage.write_text(target, '{"a": 1}') == str(target)
-    assert storage.read_text(target) == '{"a": 1}'
-    assert storage.exists(target) and storage.exists(tmp_path / "out")
-    assert not storage.exists(tmp_path / "missing")
-    assert [p.name for p in target.parent.iterdir()] == ["results.json"], "no temporary file left behind"
-    with pytest.raises(StorageNotFound, match="missing"):
-        storage.read_bytes(tmp_path / "missing")
+def test_atomic_writes_get_plain_file_modes_even_from_many_threads(tmp_path: Path) -> None:
+    # The umask is read once at import: writing from 8 threads at once must never produce a file that
+    # others may write to (the old code flipped the process umask to 0 around every write).
+    expected = 0o666 & ~atomic.UMASK
+    assert _current_umask() == atomic.UMASK
 
+    def write(index: int) -> None:
+        for round_ in range(25):
+            atomic.atomic_write_text(tmp_path / f"f{index}-{round_}.txt", "x")
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {expected}, f"file modes {sorted(oct(m) for m in modes)}, expected {oct(expected)}"
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir()), "no temporary file left behind"
+    assert _current_umask() == atomic.UMASK, "writing never changed the process umask"
+
+
+def _current_umask() -> int:
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("Umask:"))
+    return int(line.split()[1], 8)
+
+
+def test_a_failed_atomic_write_leaves_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "results.json"
+    atomic.atomic_write_text(target, "old")
+    with pytest.raises(RuntimeError), atomic.atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("disk full")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_local_paths_are_used_in_place(tmp_path: Path) -> None:
     source = tmp_path / "src"
-    files = _make_tree(source)
-    storage.upload_dir(source, tmp_path / "copy")
-    assert _read_tree(tmp_path / "copy") == files
-    assert storage.list_files(tmp_path / "copy") == sorted(files)
-    assert storage.download_file(tmp_path / "copy" / "test/b.png", tmp_path / "b.png").read_bytes() == b"image-b"
-    # Local data roots and weights are used in place, never copied into a cache.
+    _make_tree(source)
     assert storage.stage_to_local(str(source)) == source
     assert storage.download_to_cache(str(source / "metadata.csv")) == source / "metadata.csv"
     with pytest.raises(StorageNotFound):
         storage.download_to_cache(str(tmp_path / "nope.safetensors"))
 
 
-def test_gcs_objects_round_trip(gcs: GcsEmulator, tmp_path: Path) -> None:
-    bucket = gcs.new_bucket()
-    uri = f"gs://{bucket}/runs/r1/results.json"
-    assert not storage.exists(uri)
-    storage.write_text(uri, json.dumps({"accuracy": 0.5}))
-    assert json.loads(storage.read_text(uri)) == {"accuracy": 0.5}
-    assert storage.exists(uri)
-    assert storage.exists(f"gs://{bucket}/runs/r1"), "a prefix with objects exists like a folder"
-    assert storage.exists(f"gs://{bucket}")
-    assert not storage.exists(f"gs://{bucket}/runs/r2")
-
-    storage.write_bytes(uri, b"second version")
-    assert storage.read_bytes(uri) == b"second version"
-
-    local = tmp_path / "weights.bin"
-    local.write_bytes(b"w" * 70_000)
-    storage.upload_file(local, f"gs://{bucket}/models/weights.bin")
-    downloaded = storage.download_file(f"gs://{bucket}/models/weights.bin", tmp_path / "dl" / "weights.bin")
-    assert downloaded.read_bytes() == local.read_bytes()
-
-    with pytest.raises(StorageNotFound, match=f"gs://{bucket}/runs/none.json"):
-        storage.read_bytes(f"gs://{bucket}/runs/none.json")
-    with pytest.raises(StorageError, match="names a folder"):
-        storage.write_bytes(f"gs://{bucket}/runs/", b"x")
-
-
-def test_stage_to_local_is_incremental(gcs: GcsEmulator, tmp_path: Path) -> None:
+def test_upload_folder_and_stage_to_local_is_incremental(gcs: GcsEmulator, tmp_path: Path) -> None:
     bucket = gcs.new_bucket()
     files = _make_tree(tmp_path / "dataset")
     prefix = f"gs://{bucket}/data/iwildcam_v2.0"
-    uploaded = storage.upload_dir(tmp_path / "dataset", prefix)
+    uploaded = storage.upload_folder(tmp_path / "dataset", prefix)
     assert sorted(uploaded) == sorted(f"{prefix}/{rel}" for rel in files)
-    assert storage.list_files(prefix) == sorted(files)
+    assert [o.relative for o in storage.list_objects(prefix)] == sorted(files)
 
     dest = tmp_path / "staged"
     assert storage.stage_to_local(prefix, dest, progress=False) == dest
     assert _data_files(_read_tree(dest)) == files
+    assert {stat.S_IMODE((dest / rel).stat().st_mode) & 0o022 for rel in files} == {0}, "staged files not writable"
 
     # A second call downloads nothing: the files are the same inodes with the same mtimes.
     def stamps() -> dict[str, tuple[int, int]]:
@@ -112,15 +110,16 @@ def test_stage_to_local_is_incremental(gcs: GcsEmulator, tmp_path: Path) -> None
     assert stamps() == before
 
     # A replaced object is fetched again; a deleted one disappears from the staged copy.
-    storage.write_bytes(f"{prefix}/test/b.png", b"image-b-v2")
-    storage.gcs_client().bucket(bucket).blob("data/iwildcam_v2.0/train/sub/c.bin").delete()
+    client_bucket = storage.gcs_client().bucket(bucket)
+    client_bucket.blob("data/iwildcam_v2.0/test/b.png").upload_from_string(b"image-b-v2")
+    client_bucket.blob("data/iwildcam_v2.0/train/sub/c.bin").delete()
     storage.stage_to_local(prefix, dest, progress=False)
     staged = _data_files(_read_tree(dest))
     assert staged["test/b.png"] == b"image-b-v2"
     assert "train/sub/c.bin" not in staged
     assert staged["train/a.png"] == files["train/a.png"]
 
-    # Default destination: the cache, keyed by URI; a single object stages as a file.
+    # A single object stages as a file; an empty prefix is an error naming it.
     single = storage.stage_to_local(f"{prefix}/metadata.csv", tmp_path / "one", progress=False)
     assert single.read_bytes() == files["metadata.csv"]
     with pytest.raises(StorageNotFound, match="nothing to stage"):
@@ -132,7 +131,8 @@ def test_download_to_cache_keys_on_generation(gcs: GcsEmulator, tmp_path: Path) 
     weights = tmp_path / "model.safetensors"
     save_file({"visual.proj": np.arange(12, dtype=np.float32).reshape(3, 4)}, str(weights))
     uri = f"gs://{bucket}/weights/tiny/model.safetensors"
-    storage.upload_file(weights, uri)
+    blob = storage.gcs_client().bucket(bucket).blob("weights/tiny/model.safetensors")
+    blob.upload_from_filename(str(weights))
 
     cache = tmp_path / "cache"
     first = storage.download_to_cache(uri, cache)
@@ -142,34 +142,37 @@ def test_download_to_cache_keys_on_generation(gcs: GcsEmulator, tmp_path: Path) 
     assert again == first and again.stat().st_mtime_ns == stamp, "an unchanged object is served from the cache"
 
     save_file({"visual.proj": np.ones((3, 4), dtype=np.float32)}, str(weights))
-    storage.upload_file(weights, uri)
+    blob.upload_from_filename(str(weights))
     updated = storage.download_to_cache(uri, cache)
     assert updated != first, "a new generation gets a new cache entry"
     np.testing.assert_array_equal(load_file(str(updated))["visual.proj"], np.ones((3, 4), dtype=np.float32))
-    assert json.loads((updated.parent / "source.json").read_text())["uri"] == uri
 
     with pytest.raises(StorageNotFound, match="no such object"):
         storage.download_to_cache(f"gs://{bucket}/weights/none.safetensors", cache)
+    with pytest.raises(StorageError, match="names a folder"):
+        storage.download_to_cache(f"gs://{bucket}/weights/", cache)
 
 
-def test_transient_errors_are_retried(gcs: GcsEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_transient_errors_are_retried(gcs: GcsEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bucket = gcs.new_bucket()
+    storage.gcs_client().bucket(bucket).blob("retry/a.txt").upload_from_string(b"survived")
     with FlakyProxy(gcs.url, failures=3) as proxy:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
-        storage.write_bytes(f"gs://{bucket}/retry/a.txt", b"survived")
+        staged = storage.stage_to_local(f"gs://{bucket}/retry", tmp_path / "staged", progress=False)
         assert proxy.failed == 3, "the first three requests got a 503 and were retried"
-        assert storage.read_bytes(f"gs://{bucket}/retry/a.txt") == b"survived"
-        assert proxy.seen >= 5
+        assert (staged / "a.txt").read_bytes() == b"survived"
 
 
-def test_persistent_errors_end_in_a_clear_error(gcs: GcsEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_persistent_errors_end_in_a_clear_error(
+    gcs: GcsEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     bucket = gcs.new_bucket()
     monkeypatch.setenv("AUTOFT_GCS_RETRY_DEADLINE", "2")
     with FlakyProxy(gcs.url, failures=10_000) as proxy:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
         start = time.monotonic()
-        with pytest.raises(StorageError, match=f"gs://{bucket}/x.txt.*gave up after retrying") as caught:
-            storage.read_bytes(f"gs://{bucket}/x.txt")
+        with pytest.raises(StorageError, match=f"gs://{bucket}/x.*gave up after retrying") as caught:
+            storage.stage_to_local(f"gs://{bucket}/x", tmp_path / "x", progress=False)
         assert time.monotonic() - start < 15
         assert proxy.failed > 1, "it retried before giving up"
         assert not isinstance(caught.value, StorageNotFound)
@@ -177,6 +180,7 @@ def test_persistent_errors_end_in_a_clear_error(gcs: GcsEmulator, monkeypatch: p
     # Nothing listening at all: connection refused is transient too, and bounded the same way.
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"127.0.0.1:{free_port()}")
     start = time.monotonic()
-    with pytest.raises(StorageError, match=f"cannot write gs://{bucket}/y.txt"):
-        storage.write_bytes(f"gs://{bucket}/y.txt", b"y")
+    with pytest.raises(StorageError, match=f"cannot read metadata of gs://{bucket}/y.bin"):
+        storage.download_to_cache(f"gs://{bucket}/y.bin", tmp_path / "cache")
     assert time.monotonic() - start < 15
+    assert not list(tmp_path.rglob("y.bin")), "nothing half-downloaded under a final name"

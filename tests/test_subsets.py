@@ -7,8 +7,9 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from autoft.data.base import ArrayImages, DataError
+from autoft.data.images import ArrayImages
 from autoft.data.subsets import ood_val_indices
+from autoft.errors import DataError
 
 IMBALANCED = np.array([0] * 90 + [1] * 10 + [5] * 4)  # classes 0, 1 and 5 present; 5 is rare
 

@@ -133,7 +133,7 @@ def test_pipeline_run_tree_registry_and_gs_artifacts(
     # Artifacts went through the server into gs:// (the server's --artifacts-destination).
     report_run = steps["report"].info.run_id
     assert {a.path for a in client.list_artifacts(report_run)} == {"report", "plots"}
-    gs_files = storage.list_files("gs://autoft-mlflow/artifacts")
+    gs_files = [o.relative for o in storage.list_objects("gs://autoft-mlflow/artifacts")]
     assert any(f.endswith(f"{report_run}/artifacts/report/report.md") for f in gs_files), gs_files
     assert any(f.endswith("/artifacts/model/model.safetensors") for f in gs_files), gs_files
     assert any(f.endswith("/artifacts/config/resolved_config.yaml") for f in gs_files)
@@ -274,7 +274,7 @@ def test_client_side_gs_artifact_location(gcs: GcsEmulator, tmp_path: Path) -> N
     with tracker, tracker.step("register"):
         version = tracker.log_model(_model_folder(tmp_path, "gs"))
     assert version is not None and tracker.pending_count == 0
-    files = storage.list_files(f"gs://{bucket}/mlruns")
+    files = [o.relative for o in storage.list_objects(f"gs://{bucket}/mlruns")]
     assert any(f.endswith("artifacts/model/model_card.json") for f in files), files
     local = MlflowClient(tracker.tracking_uri).download_artifacts(version.run_id, "model", str(tmp_path / "back"))
     assert json.loads((Path(local) / "model_card.json").read_text())["run"] == "gs"

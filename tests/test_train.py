@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 import autoft.train as train_module
 from autoft.config import FinetuneConfig
-from autoft.data.base import ArrayImages, TransformedImages
+from autoft.data.images import ArrayImages, TransformedImages
 from autoft.data.loaders import BatchStream
 from autoft.losses import WeightedObjective, l2_init
 from autoft.models.classifier import CLIPClassifier

@@ -16,8 +16,14 @@ def build_zeroshot(
 ):
     """Build the zero-shot classifier: image tower plus a head of averaged, normalised prompt embeddings.
 
-    Saved as ``model.safetensors`` + ``model_card.json``; every search trial and fine-tuning run starts
-    from these weights, and WiSE-FT interpolates towards them.
+    Every search trial and fine-tuning run starts from these weights, and WiSE-FT interpolates towards them.
+
+    Args:
+        config_yaml: The run's AutoFT config as YAML or JSON (the schema of `autoft config show`).
+        config_overrides: KEY=VALUE changes applied on top of config_yaml (dotted keys, YAML values).
+        methods: The methods this pipeline was compiled for.
+        prepared: The prepare_data output: class names and prompt templates come from its data.json.
+        zeroshot: Output folder: model.safetensors and model_card.json.
     """
     from autoft.stages import stage_zeroshot
     from components.runtime import load_step_config, stopwatch

@@ -17,23 +17,32 @@ def create_study(
 ) -> list[dict]:
     """Create (or, for a retried run, load) the study and return one work item per search worker.
 
-    Each item is ``{"worker_index", "storage", "study_name"}``: ``storage`` is the storage URL, or
-    ``env:AUTOFT_OPTUNA_STORAGE`` when the URL (with its password) comes from the step's secret env.
     Creating the study here, once, keeps parallel workers from racing to create it; when a retried run
     resumes its study, trials its killed workers left RUNNING are failed here, before new workers start.
+
+    Args:
+        config_yaml: The run's AutoFT config as YAML or JSON (the schema of `autoft config show`).
+        config_overrides: KEY=VALUE changes applied on top of config_yaml (dotted keys, YAML values).
+        methods: The methods this pipeline was compiled for.
+        method: The searched method whose study this is (autoft, ft, flyp or ft_oodval).
+        study_storage: Where the studies live: an RDB URL without a password, a folder all steps share
+            (kfp.local), or empty for search.storage, then AUTOFT_OPTUNA_STORAGE from the step's secret.
+        run_id: The KFP run id; it makes the study name unique to this pipeline run.
+        search_workers: How many work items (parallel workers) to hand out; at least 1.
+
+    Returns:
+        One item per worker: {"worker_index", "storage", "study_name"}; storage is the URL, or
+        env:AUTOFT_OPTUNA_STORAGE when the URL (with its password) comes from the step's secret env.
     """
-    from autoft.config import ConfigError
-    from autoft.methods import BASE_METHODS, method_search_config
+    from autoft.errors import ConfigError
     from autoft.study_stages import stage_create_study
     from components.runtime import load_step_config, run_scoped, study_storage_reference, study_storage_url
 
     if search_workers < 1:
         raise ConfigError(f"search_workers must be >= 1, got {search_workers}")
     config = run_scoped(load_step_config(config_yaml, config_overrides, methods), run_id)
-    if method not in config.methods or not BASE_METHODS[method].searches:
-        raise ConfigError(f"method {method!r} has no search in this run (methods: {config.methods})")
     reference = study_storage_reference(study_storage, config)
     counts = stage_create_study(config, method, study_storage_url(reference, method))
     print(f"study for {method}: {counts}")
-    study_name = method_search_config(config, method).study_name
+    study_name = config.search_for(method).study_name
     return [{"worker_index": index, "storage": reference, "study_name": study_name} for index in range(search_workers)]

@@ -31,15 +31,37 @@ def evaluate(
 ):
     """Score each method of the run on ``eval_set``; WiSE-FT methods also get their full alpha curve.
 
-    Writes the per-method metrics and confusion matrices as JSON (what report collects), the headline
-    metric per method as ``Metrics``, and the candidate method's confusion matrix for the Kubeflow UI.
     Model inputs are optional because a pipeline compiled for fewer methods wires fewer of them.
+
+    Args:
+        config_yaml: The run's AutoFT config as YAML or JSON (the schema of `autoft config show`).
+        config_overrides: KEY=VALUE changes applied on top of config_yaml (dotted keys, YAML values).
+        methods: The methods this pipeline was compiled for.
+        eval_set: The split to evaluate: id_val, id_test, ood_val or an OOD test shift.
+        candidate_method: The method whose confusion matrix the Kubeflow UI shows.
+        prepared: The prepare_data output (the split's manifest).
+        zeroshot: The zero-shot model.
+        results: Output JSON (schema autoft.eval/v1): metrics and confusion matrix per method, alpha curves.
+        eval_metrics: Output metrics for the Kubeflow UI: the run's metric per method.
+        confusion: Output confusion matrix of the candidate method for the Kubeflow UI.
+        ft: The ft model (cross-entropy, lr and wd searched on ID-val), when the run has it.
+        ft_wiseft: WiSE-FT of ft, when the run has it.
+        flyp: The flyp model (contrastive loss), when the run has it.
+        flyp_wiseft: WiSE-FT of flyp, when the run has it.
+        autoft: The AutoFT model (the learned objective), when the run has it.
+        autoft_wiseft: WiSE-FT of autoft, when the run has it.
+        ft_oodval: The ft_oodval control (cross-entropy, lr and wd searched on OOD-val), when the run has it.
+        ft_oodval_wiseft: WiSE-FT of ft_oodval, when the run has it.
+        autoft_ce: The autoft_ce control (cross-entropy at AutoFT's lr and wd), when the run has it.
+        autoft_ce_wiseft: WiSE-FT of autoft_ce, when the run has it.
     """
-    from autoft.data.base import read_manifest
-    from autoft.data.registry import PreparedData
-    from autoft.methods import base_of, is_wiseft
+    from pathlib import Path
+
+    from autoft.contracts import PreparedData
+    from autoft.data.manifests import read_manifest
+    from autoft.methods import is_wiseft, model_source
     from autoft.stages import stage_evaluate
-    from components.runtime import load_step_config, method_model_folders, stopwatch
+    from components.runtime import load_step_config, method_model_folders
 
     config = load_step_config(config_yaml, config_overrides, methods)
     provided = {
@@ -55,17 +77,19 @@ def evaluate(
         "autoft_ce_wiseft": autoft_ce_wiseft,
     }
     folders = method_model_folders(
-        config.methods, zeroshot.path, {name: art.path if art is not None else None for name, art in provided.items()}
+        config.methods, zeroshot.path, {k: v.path if v else None for k, v in provided.items()}
     )
     # The alpha curve interpolates the zero-shot and the fine-tuned weights of each WiSE-FT method's base.
-    pairs = {base_of(m): (folders["zeroshot"], folders[base_of(m)]) for m in config.methods if is_wiseft(m)}
-    with stopwatch() as timing:
-        payload = stage_evaluate(config, prepared.path, eval_set, folders, results.path, pairs)
-    results.metadata.update({"eval_set": eval_set, "metric": config.metric, "seconds": timing["seconds"]})
-    for method, row in payload["models"].items():
-        eval_metrics.log_metric(f"{method}.{config.metric}", float(row["value"]))
-    class_names = read_manifest(PreparedData.load(prepared.path).manifest(eval_set))["class_names"]
-    shown = candidate_method if candidate_method in payload["models"] else config.methods[-1]
-    matrix = [[int(count) for count in row] for row in payload["models"][shown]["confusion"]]
-    confusion.log_confusion_matrix(list(class_names), matrix)
+    pairs = {}
+    for name in config.methods:
+        base = model_source(name).finetuned
+        if is_wiseft(name) and base:
+            pairs[base] = (Path(zeroshot.path), folders[base])
+    evaluation = stage_evaluate(config, prepared.path, eval_set, folders, results.path, pairs)
+    results.metadata.update({"eval_set": eval_set, "metric": config.metric, "seconds": evaluation.seconds})
+    for method, row in evaluation.models.items():
+        eval_metrics.log_metric(f"{method}.{config.metric}", row.value)
+    class_names = read_manifest(PreparedData.load_from(prepared.path).manifest(eval_set))["class_names"]
+    shown = candidate_method if candidate_method in evaluation.models else config.methods[-1]
+    confusion.log_confusion_matrix(list(class_names), evaluation.models[shown].confusion)
     confusion.metadata["method"] = shown

@@ -19,19 +19,28 @@ def finalize(
 ) -> str:
     """Fail the run's trials still marked RUNNING, end its MLflow runs still open, record the final state.
 
-    Once every worker is gone a RUNNING trial can never finish: left alone it would count against a
-    resumed study's budget gates and show as running in the dashboard forever. Everything here is
-    derived from the pipeline parameters (an exit task cannot consume other tasks' outputs), and each
-    clean-up is best effort so one failure does not hide the others.
+    Everything here is derived from the pipeline parameters (an exit task cannot consume other tasks'
+    outputs), and each clean-up is best effort so one failure does not hide the others.
+
+    Args:
+        config_yaml: The run's AutoFT config as YAML or JSON (the schema of `autoft config show`).
+        config_overrides: KEY=VALUE changes applied on top of config_yaml (dotted keys, YAML values).
+        methods: The methods this pipeline was compiled for.
+        run_id: The KFP run id (names the studies and tags the MLflow runs to close).
+        study_storage: The same study_storage the create_study steps were given.
+        mlflow_tracking_uri: MLflow tracking URI; empty uses the config, then MLFLOW_TRACKING_URI.
+        output_dir: Optional local or mounted folder that receives pipeline_status.json.
+        status: The pipeline's final state, set by Kubeflow.
+
+    Returns:
+        The summary as JSON: state, error, failed trials per method, closed MLflow runs, problems.
     """
     import json
     from pathlib import Path
 
-    import optuna
-
-    from autoft.methods import method_search_config, searched_methods
-    from autoft.search.study import fail_orphaned_trials, open_storage
-    from autoft.storage import atomic_write_json
+    from autoft.atomic import atomic_write_json
+    from autoft.methods import searched_methods
+    from autoft.study_stages import stage_close_study
     from components.runtime import (
         close_pipeline_runs,
         load_step_config,
@@ -54,17 +63,11 @@ def finalize(
             reference = None
             problems.append(f"study storage: {error}")
         for method in searched_methods(config.methods) if reference else []:
-            search = method_search_config(config, method)
-            url = study_storage_url(reference, method)
-            if "://" not in url and not Path(url).exists():
-                continue  # the search never started: no journal file, nothing to clean
             try:
-                study = optuna.load_study(study_name=search.study_name, storage=open_storage(url, search))
-                summary["failed_trials"][method] = fail_orphaned_trials(study)
-            except KeyError:
-                continue  # this method's study was never created
+                url = study_storage_url(reference, method)
+                summary["failed_trials"][method] = stage_close_study(config, method, url)
             except Exception as error:
-                problems.append(f"study {search.study_name}: {error}")
+                problems.append(f"study of {method}: {error}")
         try:
             summary["closed_mlflow_runs"] = close_pipeline_runs(
                 config, mlflow_tracking_uri, output_dir, run_id, succeeded=status.state == "SUCCEEDED"

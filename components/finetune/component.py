@@ -22,45 +22,56 @@ def finetune(
 ):
     """Fine-tune from the zero-shot weights, keep the best ID-val epoch, and pick the WiSE-FT alpha on ID-val.
 
-    ``hparams`` is the select_best output of the method's own search, or, for a control such as
-    ``autoft_ce``, of the search it borrows lr and weight decay from. Outputs: the fine-tuned model, its
-    WiSE-FT interpolation with the zero-shot model, and a summary (epoch history, alpha sweep).
+    Args:
+        config_yaml: The run's AutoFT config as YAML or JSON (the schema of `autoft config show`).
+        config_overrides: KEY=VALUE changes applied on top of config_yaml (dotted keys, YAML values).
+        methods: The methods this pipeline was compiled for.
+        method: The fine-tuned method (ft, flyp, autoft, ft_oodval or autoft_ce).
+        prepared: The prepare_data output (ID train and ID val).
+        zeroshot: The zero-shot model fine-tuning starts from.
+        hparams: The select_best output of the method's own search or, for a control such as autoft_ce, of
+            the search it borrows lr and weight decay from.
+        model: Output: the fine-tuned classifier (the best ID-val epoch).
+        wiseft_model: Output: its WiSE-FT interpolation with the zero-shot model at the alpha chosen on ID-val.
+        summary: Output JSON (schema autoft.finetune/v1): hyperparameters, every epoch, the alpha sweep.
+        finetune_metrics: Output metrics for the Kubeflow UI: best ID-val, best epoch, peak lr, WiSE-FT alpha.
     """
     import shutil
     import tempfile
     from pathlib import Path
 
-    from autoft.methods import BASE_METHODS
-    from autoft.stages import WISEFT_FILE, hparams_for, stage_finetune
-    from components.runtime import load_step_config, move_into, stopwatch
+    from autoft.contracts import FinetuneSummary
+    from autoft.methods import hparams_source
+    from autoft.stages import finetune_hparams, stage_finetune
+    from components.runtime import load_step_config, move_into
 
     config = load_step_config(config_yaml, config_overrides, methods)
-    source = BASE_METHODS[method].hparams_from or method
-    chosen = hparams_for(method, {source: Path(hparams.path)})
+    config.check_method(method, purpose="finetune")
+    chosen = finetune_hparams(method, {hparams_source(method): Path(hparams.path)})
     # Epoch checkpoints and both models are written to scratch space first; only the two models and the
     # summary become artifacts (TMPDIR may point at a larger volume on a cluster).
     scratch = Path(tempfile.mkdtemp(prefix=f"autoft-finetune-{method}-"))
     try:
-        with stopwatch() as timing:
-            result = stage_finetune(config, prepared.path, zeroshot.path, chosen, scratch, progress=False)
+        result = stage_finetune(config, prepared.path, zeroshot.path, method, chosen, scratch, progress=False)
         move_into(scratch / "model", Path(model.path))
         move_into(scratch / "wiseft", Path(wiseft_model.path))
-        move_into(scratch / WISEFT_FILE, Path(summary.path))
+        move_into(scratch / FinetuneSummary.FILE, Path(summary.path))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    alpha = result["wiseft"]["best_alpha"]
     model.metadata.update(
         {
             "method": method,
-            "best_epoch": result["best_epoch"],
-            "best_id_val": result["best_id_val"],
-            "hparams": result["hparams"],
-            "seconds": timing["seconds"],
+            "best_epoch": result.best_epoch,
+            "best_id_val": result.best_id_val,
+            "hparams": result.hparams.to_dict(),
+            "seconds": result.seconds,
         }
     )
-    wiseft_model.metadata.update({"method": f"{method}_wiseft", "wiseft_alpha": alpha, "finetuned_from": method})
-    summary.metadata.update({"method": method, "seconds": timing["seconds"]})
-    finetune_metrics.log_metric("best_id_val", float(result["best_id_val"]))
-    finetune_metrics.log_metric("best_epoch", int(result["best_epoch"]))
-    finetune_metrics.log_metric("peak_lr", float(result["peak_lr"]))
-    finetune_metrics.log_metric("wiseft_alpha", float(alpha))
+    wiseft_model.metadata.update(
+        {"method": f"{method}_wiseft", "wiseft_alpha": result.wiseft.best_alpha, "finetuned_from": method}
+    )
+    summary.metadata.update({"method": method, "seconds": result.seconds})
+    finetune_metrics.log_metric("best_id_val", result.best_id_val)
+    finetune_metrics.log_metric("best_epoch", result.best_epoch)
+    finetune_metrics.log_metric("peak_lr", result.peak_lr)
+    finetune_metrics.log_metric("wiseft_alpha", result.wiseft.best_alpha)

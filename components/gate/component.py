@@ -28,16 +28,32 @@ def gate(
     another preset or metric (or without an OOD average) cannot be compared, so it blocks the gate
     instead of being replaced blindly. The decision and its reason are tagged on the run's MLflow run,
     so a skipped registration is explained where people compare runs.
-    """
-    import json
-    from pathlib import Path
 
+    Args:
+        config_yaml: The run's AutoFT config as YAML or JSON (the schema of `autoft config show`).
+        config_overrides: KEY=VALUE changes applied on top of config_yaml (dotted keys, YAML values).
+        methods: The methods this pipeline was compiled for.
+        candidate_method: The model judged (autoft or autoft_wiseft).
+        gate_baselines: Methods of this run whose OOD average the candidate must beat.
+        gate_min_gain: Margin (a fraction: 0.005 is half a point) by which it must beat them and the champion.
+        registered_model: Name in the MLflow registry; empty uses tracking.registered_model from the config.
+        mlflow_tracking_uri: MLflow tracking URI; empty uses the config, then MLFLOW_TRACKING_URI.
+        output_dir: Optional local or mounted folder of the run (SQLite tracking lives there locally).
+        run_id: The KFP run id.
+        mlflow_run_id: The pipeline's MLflow run (from the report step); the decision is tagged on it.
+        results: The report step's results.json.
+        gate_metrics: Output metrics for the Kubeflow UI: passed, the candidate's and the champion's OOD average.
+
+    Returns:
+        True when the candidate may be registered as champion.
+    """
+    from autoft.contracts import Results
     from components.gate.decision import Champion, decide
     from components.runtime import check_candidate, load_step_config, open_tracker, start_pipeline_run
 
     config = load_step_config(config_yaml, config_overrides, methods)
     check_candidate(candidate_method, config.methods)
-    table = json.loads(Path(results.path).read_text())
+    table = Results.load(results.path)
     tracker = open_tracker(config, mlflow_tracking_uri, output_dir)
     start_pipeline_run(tracker, run_id, mlflow_run_id)
     version = tracker.champion(registered_model.strip() or config.tracking.registered_model)

@@ -9,7 +9,10 @@ compared: it blocks promotion (someone must decide by hand) rather than being re
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from autoft.contracts import Results
 
 OOD_AVG_TAG = "ood_avg"
 
@@ -41,7 +44,7 @@ class GateDecision:
 
 
 def decide(
-    results: dict[str, Any],
+    results: Results,
     candidate: str,
     baselines: list[str],
     min_gain: float,
@@ -50,10 +53,10 @@ def decide(
     metric: str,
 ) -> GateDecision:
     """Compare the candidate's ``ood_avg`` with the best baseline of this run and with the champion."""
-    methods = results["methods"]
+    methods = results.methods
     if candidate not in methods:
         raise ValueError(f"candidate {candidate!r} is not in the results (methods: {list(methods)})")
-    score = methods[candidate]["ood_avg"]
+    score = methods[candidate].ood_avg
     if score is None:
         return GateDecision(False, f"{candidate} has no OOD test shifts to be judged on", None)
     if champion is not None and (champion.ood_avg is None or (champion.preset, champion.metric) != (preset, metric)):
@@ -64,7 +67,7 @@ def decide(
             "registered_model or move the champion alias by hand",
             score,
         )
-    rivals = {name: methods[name]["ood_avg"] for name in baselines if name in methods and name != candidate}
+    rivals = {name: methods[name].ood_avg for name in baselines if name in methods and name != candidate}
     rivals = {name: value for name, value in rivals.items() if value is not None}
     if champion is not None and champion.ood_avg is not None:
         rivals[f"champion v{champion.version}"] = champion.ood_avg

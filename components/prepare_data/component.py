@@ -18,23 +18,25 @@ def prepare_data(
 
     The prepared folder holds split manifests (paths or URIs plus labels) and the OOD-val subset; large
     datasets stay where they are and are referenced, only the small built-in benchmark keeps its arrays.
-    Every bad parameter is reported here, before any compute; ``candidate_method`` (autoft or
-    autoft_wiseft) is the model the gate judges and the registry receives.
-    """
-    from pathlib import Path
+    Every bad parameter is reported here, before any compute.
 
+    Args:
+        config_yaml: The run's AutoFT config as YAML or JSON (the schema of `autoft config show`).
+        config_overrides: KEY=VALUE changes applied on top of config_yaml (dotted keys, YAML values).
+        methods: The methods this pipeline was compiled for (its DAG has one branch per method).
+        candidate_method: The model the gate judges and the registry receives (autoft or autoft_wiseft; empty
+            when the pipeline runs no AutoFT); checked here so a typo fails before any compute.
+        prepared: Output folder: data.json (the index of splits) and one manifest per split.
+    """
     from autoft.config import save_config
-    from autoft.runner import eval_sets
     from autoft.stages import stage_prepare
     from components.runtime import check_candidate, load_step_config, stopwatch
 
     config = load_step_config(config_yaml, config_overrides, methods)
     check_candidate(candidate_method, config.methods)
-    folder = Path(prepared.path)
     with stopwatch() as timing:
-        data = stage_prepare(config, folder)
-        save_config(config, folder / "config.yaml")
-    names = eval_sets(data)
+        data = stage_prepare(config, prepared.path)
+        save_config(config, f"{prepared.path}/config.yaml")
     prepared.metadata.update(
         {
             "dataset": data.dataset,
@@ -42,9 +44,9 @@ def prepare_data(
             "num_classes": len(data.class_names),
             "ood_val_set": data.ood_val_set,
             "ood_tests": list(data.ood_tests),
-            "eval_sets": names,
+            "eval_sets": data.eval_sets,
             "ood_val_indices_hash": data.ood_val_indices_hash,
             "seconds": timing["seconds"],
         }
     )
-    return names
+    return data.eval_sets

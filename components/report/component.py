@@ -30,74 +30,90 @@ def report(
     ft_oodval_finetune: Input[Artifact] = None,
     autoft_ce_finetune: Input[Artifact] = None,
 ) -> str:
-    """Assemble results.json (schema autoft.results/v1), the report with its table and plots, and the MLflow run.
+    """Assemble results.json, the report with its table and plots, and the MLflow run; returns its run id.
 
-    The same ``collect_results`` as the in-process runner builds the outputs, from the small JSON
-    artifacts the search, fine-tuning and evaluation steps wrote (never the model weights). The MLflow run
-    gets the config as params, the table as metrics and the report as artifacts; its id is returned.
-    ``output_dir`` (a local or mounted folder) also receives the report files.
+    Built from the small typed JSON artifacts the search, fine-tuning and evaluation steps wrote (never
+    the model weights), by the same functions the in-process runner uses.
+
+    Args:
+        config_yaml: The run's AutoFT config as YAML or JSON (the schema of `autoft config show`).
+        config_overrides: KEY=VALUE changes applied on top of config_yaml (dotted keys, YAML values).
+        methods: The methods this pipeline was compiled for.
+        run_id: The KFP run id; the pipeline's MLflow run is tagged with it.
+        mlflow_tracking_uri: MLflow tracking URI; empty uses the config, then MLFLOW_TRACKING_URI.
+        output_dir: Optional local or mounted folder that also receives the report files.
+        prepared: The prepare_data output (which splits are OOD tests).
+        evals: Every evaluate step's results (schema autoft.eval/v1).
+        results: Output results.json (schema autoft.results/v2).
+        report_md: Output Markdown report (table, chosen hyperparameters, plots inline).
+        report_html: Output self-contained HTML report.
+        summary_metrics: Output metrics for the Kubeflow UI: ID test and OOD average per method.
+        ft_search: select_best output for ft, when the run searches it.
+        flyp_search: select_best output for flyp, when the run searches it.
+        autoft_search: select_best output for autoft, when the run searches it.
+        ft_oodval_search: select_best output for ft_oodval, when the run searches it.
+        ft_finetune: finetune summary for ft, when the run fine-tunes it.
+        flyp_finetune: finetune summary for flyp, when the run fine-tunes it.
+        autoft_finetune: finetune summary for autoft, when the run fine-tunes it.
+        ft_oodval_finetune: finetune summary for ft_oodval, when the run fine-tunes it.
+        autoft_ce_finetune: finetune summary for autoft_ce, when the run fine-tunes it.
     """
     import shutil
     import tempfile
     from pathlib import Path
 
     from autoft.config import save_config
+    from autoft.contracts import EvalResult, FinetuneSummary, PreparedData, SearchResult
     from autoft.methods import finetuned_methods, searched_methods
-    from autoft.runner import RunLayout, collect_results
-    from components.runtime import load_step_config, open_tracker, results_metrics, start_pipeline_run
+    from autoft.report import assemble_results, write_report
+    from components.runtime import load_step_config, open_tracker, provided_inputs, results_metrics, start_pipeline_run
 
     config = load_step_config(config_yaml, config_overrides, methods)
-    search_inputs = {"ft": ft_search, "flyp": flyp_search, "autoft": autoft_search, "ft_oodval": ft_oodval_search}
-    finetune_inputs = {
-        "ft": ft_finetune,
-        "flyp": flyp_finetune,
-        "autoft": autoft_finetune,
-        "ft_oodval": ft_oodval_finetune,
-        "autoft_ce": autoft_ce_finetune,
+    search_inputs = provided_inputs(
+        searched_methods(config.methods),
+        {"ft": ft_search, "flyp": flyp_search, "autoft": autoft_search, "ft_oodval": ft_oodval_search},
+        "search result",
+    )
+    finetune_inputs = provided_inputs(
+        finetuned_methods(config.methods),
+        {
+            "ft": ft_finetune,
+            "flyp": flyp_finetune,
+            "autoft": autoft_finetune,
+            "ft_oodval": ft_oodval_finetune,
+            "autoft_ce": autoft_ce_finetune,
+        },
+        "fine-tuning summary",
+    )
+    searches = {m: SearchResult.load(a.path) for m, a in search_inputs.items()}
+    finetunes = {m: FinetuneSummary.load(a.path) for m, a in finetune_inputs.items()}
+    evaluations = [EvalResult.load(a.path) for a in evals]
+    timing = {
+        "prepare": float(prepared.metadata.get("seconds", 0.0)),
+        **{f"search_{m}": r.seconds for m, r in searches.items()},
+        **{f"finetune_{m}": r.seconds for m, r in finetunes.items()},
+        "evaluate": sum(e.seconds for e in evaluations),
     }
-    scratch = Path(tempfile.mkdtemp(prefix="autoft-report-"))
+    table = assemble_results(
+        preset=config.preset,
+        metric=config.metric,
+        data=PreparedData.load_from(prepared.path),
+        methods=config.methods,
+        evals={e.eval_set: e for e in evaluations},
+        searches=searches,
+        finetunes=finetunes,
+        timing_s=timing,
+    )
+    bundle = Path(tempfile.mkdtemp(prefix="autoft-report-"))
     try:
-        # Rebuild the in-process run folder layout from the artifacts, so results.json is built by the
-        # exact code the in-process runner uses.
-        layout = RunLayout(scratch / "run")
-        layout.data.mkdir(parents=True)
-        shutil.copy(Path(prepared.path) / "data.json", layout.data / "data.json")
-        timing = {"prepare": float(prepared.metadata.get("seconds", 0.0))}
-        for method in searched_methods(config.methods):
-            artifact = search_inputs[method]
-            if artifact is None:
-                raise ValueError(f"no search result was passed for {method!r}; the pipeline wiring is wrong")
-            layout.hparams(method).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(artifact.path, layout.hparams(method))
-            timing[f"search_{method}"] = float(artifact.metadata.get("seconds", 0.0))
-        for method in finetuned_methods(config.methods):
-            artifact = finetune_inputs[method]
-            if artifact is None:
-                raise ValueError(f"no fine-tuning summary was passed for {method!r}; the pipeline wiring is wrong")
-            layout.finetune(method).mkdir(parents=True, exist_ok=True)
-            shutil.copy(artifact.path, layout.finetune(method) / "wiseft.json")
-            timing[f"finetune_{method}"] = float(artifact.metadata.get("seconds", 0.0))
-        timing["evaluate"] = 0.0
-        for artifact in evals:
-            eval_set = artifact.metadata["eval_set"]
-            layout.eval(eval_set).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(artifact.path, layout.eval(eval_set))
-            timing["evaluate"] += float(artifact.metadata.get("seconds", 0.0))
-        save_config(config, layout.config)
-        table = collect_results(config, layout, timing)
-
-        shutil.copy(layout.root / "results.json", results.path)
-        shutil.copy(layout.root / "report.md", report_md.path)
-        shutil.copy(layout.root / "report.html", report_html.path)
-        results.metadata.update({"schema": table["schema"], "preset": table["preset"], "metric": table["metric"]})
-        bundle = scratch / "bundle"
-        bundle.mkdir()
-        for name in ("results.json", "report.md", "report.html", "config.yaml"):
-            shutil.copy(layout.root / name, bundle / name)
-        shutil.copytree(layout.root / "plots", bundle / "plots")
+        write_report(table, searches, bundle)
+        save_config(config, bundle / "config.yaml")
+        shutil.copy(bundle / "results.json", results.path)
+        shutil.copy(bundle / "report.md", report_md.path)
+        shutil.copy(bundle / "report.html", report_html.path)
+        results.metadata.update({"schema": table.SCHEMA, "preset": table.preset, "metric": table.metric})
         if output_dir.strip():
-            shutil.copytree(layout.root, Path(output_dir), dirs_exist_ok=True, ignore=shutil.ignore_patterns("data"))
-
+            shutil.copytree(bundle, Path(output_dir), dirs_exist_ok=True)
         # The pipeline run's MLflow run (created here, ended by the exit handler): the resolved config,
         # the results table as metrics and the report files; gate and register add to it.
         tracker = open_tracker(config, mlflow_tracking_uri, output_dir)
@@ -107,11 +123,11 @@ def report(
         tracker.log_metrics(results_metrics(table))
         tracker.log_report(bundle)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(bundle, ignore_errors=True)
 
-    for method, row in table["methods"].items():
-        summary_metrics.log_metric(f"{method}.id_test", float(row["id_test"]))
-        if row["ood_avg"] is not None:
-            summary_metrics.log_metric(f"{method}.ood_avg", float(row["ood_avg"]))
+    for method, row in table.methods.items():
+        summary_metrics.log_metric(f"{method}.id_test", row.id_test)
+        if row.ood_avg is not None:
+            summary_metrics.log_metric(f"{method}.ood_avg", row.ood_avg)
     print(f"report logged as MLflow run {mlflow_run_id} ({config.tracking.experiment})")
     return mlflow_run_id

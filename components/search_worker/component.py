@@ -22,18 +22,28 @@ def search_worker(
     """Run trials on the shared study until the TOTAL budget (search.n_trials) is met; returns trials done.
 
     Each trial resets to the zero-shot weights, takes ``inner_steps`` steps with the proposed objective
-    and scores the whole OOD-val (or ID-val, for baselines) subset. Workers differ in ``worker_index``,
-    which seeds their sampler and data order.
+    and scores the whole OOD-val (or ID-val, for baselines) subset.
+
+    Args:
+        config_yaml: The run's AutoFT config as YAML or JSON (the schema of `autoft config show`).
+        config_overrides: KEY=VALUE changes applied on top of config_yaml (dotted keys, YAML values).
+        methods: The methods this pipeline was compiled for.
+        method: The searched method (autoft, ft, flyp or ft_oodval).
+        worker_index: This worker's number; it seeds the worker's sampler and batch order.
+        storage: The study's storage from create_study's work item (a URL or env:AUTOFT_OPTUNA_STORAGE).
+        study_name: The study name from the work item; checked against this run's, so runs never mix.
+        run_id: The KFP run id (part of the study name).
+        prepared: The prepare_data output (ID train and the OOD-val subset).
+        zeroshot: The zero-shot model every trial starts from.
     """
-    from autoft.methods import method_search_config
+    from autoft.errors import ConfigError
     from autoft.stages import stage_search
     from components.runtime import load_step_config, run_scoped, study_storage_url
 
     config = run_scoped(load_step_config(config_yaml, config_overrides, methods), run_id)
-    expected = method_search_config(config, method).study_name
+    expected = config.search_for(method).study_name
     if study_name != expected:
-        # The item came from another run or config: searching it would mix two runs' trials.
-        raise ValueError(f"work item names study {study_name!r} but this run's {method} study is {expected!r}")
+        raise ConfigError(f"work item names study {study_name!r} but this run's {method} study is {expected!r}")
     counts = stage_search(
         config,
         prepared.path,

@@ -1,7 +1,10 @@
 """`autoft`: run the whole pipeline, or one step of it, from the command line.
 
 Every command takes ``--preset NAME`` or ``--config FILE`` plus any number of ``--set key=value``
-overrides (dotted keys into the config schema; values parsed as YAML).
+overrides (dotted keys into the config schema; values parsed as YAML). Commands that need Kubeflow's
+SDK (``compile``, ``submit``) and the ``kfp`` runner of ``autoft run`` come from plugins registered
+under the entry-point groups ``autoft.commands`` and ``autoft.runners`` (the ``pipeline`` package);
+the library itself never imports kfp.
 """
 
 from __future__ import annotations
@@ -12,41 +15,34 @@ import os
 import sys
 from collections.abc import Callable
 from datetime import datetime
+from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
-from autoft.config import AutoFTConfig, ConfigError, apply_overrides, config_to_yaml, read_yaml, validate_config
+from autoft.config import (
+    DEFAULT_PRESET,
+    AutoFTConfig,
+    available_presets,
+    config_to_yaml,
+    parse_assignments,
+    resolve_config,
+)
+from autoft.errors import AutoFTError, ConfigError
 
-PRESET_DIR = Path(__file__).parent / "presets"
-DEFAULT_PRESET = "digits"
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+COMMAND_PLUGINS = "autoft.commands"
+RUNNER_PLUGINS = "autoft.runners"
+Handler = Callable[[argparse.Namespace], None]
+Runner = Callable[[AutoFTConfig, Path], Any]
 
 
-def available_presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-
-
-def preset_path(name: str) -> Path:
-    path = PRESET_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"unknown preset {name!r}; available: {available_presets()}")
-    return path
-
-
-def resolve_config(args: argparse.Namespace, default_preset: str | None = None) -> AutoFTConfig:
-    """--config FILE or --preset NAME (or the default preset), then --set overrides, validated."""
-    if getattr(args, "config", None) and getattr(args, "preset", None):
-        raise ConfigError("give either --config or --preset, not both")
-    source = args.config or (preset_path(args.preset) if args.preset else None)
-    if source is None and default_preset:
-        source = preset_path(default_preset)
-    raw = read_yaml(source) if source else {}
-    return validate_config(apply_overrides(raw, args.overrides or []))
-
-
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config`` / ``--preset`` / ``--set``: how every command gets its configuration."""
     group = parser.add_argument_group("configuration")
-    group.add_argument("--config", type=Path, help="YAML config file (the schema of `autoft config show`)")
-    group.add_argument("--preset", help=f"a built-in preset by name: {', '.join(available_presets()) or 'none'}")
+    source = group.add_mutually_exclusive_group()
+    source.add_argument("--config", type=Path, help="YAML config file (the schema of `autoft config show`)")
+    source.add_argument("--preset", help=f"a built-in preset by name: {', '.join(available_presets())}")
     group.add_argument(
         "--set",
         dest="overrides",
@@ -57,22 +53,28 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def config_from_args(args: argparse.Namespace, default_preset: str | None = None) -> AutoFTConfig:
+    return resolve_config(
+        preset=args.preset, config_file=args.config, overrides=args.overrides, default_preset=default_preset
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # command handlers
 # ----------------------------------------------------------------------------------------------
 
 
 def cmd_config_show(args: argparse.Namespace) -> None:
-    print(config_to_yaml(resolve_config(args, DEFAULT_PRESET)), end="")
+    print(config_to_yaml(config_from_args(args, DEFAULT_PRESET)), end="")
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
     from autoft.config import save_config
     from autoft.stages import stage_prepare
 
-    config = resolve_config(args)
-    save_config(config, Path(args.out) / "config.yaml")
+    config = config_from_args(args)
     data = stage_prepare(config, Path(args.out))
+    save_config(config, Path(args.out) / "config.yaml")
     print(f"prepared {data.dataset}: splits {sorted(data.splits)} -> {args.out}")
 
 
@@ -80,7 +82,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from autoft.models.pretrain import foundation_model
     from autoft.paths import default_cache_dir
 
-    config = resolve_config(args, DEFAULT_PRESET)
+    config = config_from_args(args, DEFAULT_PRESET)
     path = foundation_model(Path(args.cache_dir) if args.cache_dir else default_cache_dir(), seed=config.seed)
     print(f"foundation model: {path}")
 
@@ -88,67 +90,64 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 def cmd_zeroshot(args: argparse.Namespace) -> None:
     from autoft.stages import stage_zeroshot
 
-    folder = stage_zeroshot(resolve_config(args), Path(args.data), Path(args.out))
+    folder = stage_zeroshot(config_from_args(args), Path(args.data), Path(args.out))
     print(f"zero-shot classifier -> {folder}")
 
 
 def cmd_search(args: argparse.Namespace) -> None:
+    config = config_from_args(args)
+    config.check_method(args.method, purpose="search")
     from autoft.stages import stage_search
 
-    counts = stage_search(
-        resolve_config(args), Path(args.data), Path(args.zeroshot), args.method, args.storage, args.worker_index
-    )
+    counts = stage_search(config, Path(args.data), Path(args.zeroshot), args.method, args.storage, args.worker_index)
     print(f"search {args.method}: {counts['complete']} complete, {counts['fail']} failed, {counts['pruned']} pruned")
 
 
 def cmd_select_best(args: argparse.Namespace) -> None:
+    config = config_from_args(args)
+    config.check_method(args.method, purpose="search")
     from autoft.study_stages import stage_select_best
 
-    payload = stage_select_best(resolve_config(args), args.method, args.storage, Path(args.out))
-    print(f"best {args.method}: trial {payload['best_trial']} value {payload['best_value']:.4f} -> {args.out}")
+    result = stage_select_best(config, args.method, args.storage, Path(args.out))
+    print(f"best {args.method}: trial {result.best_trial} value {result.best_value:.4f} -> {args.out}")
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    from autoft.stages import hparams_for, stage_finetune
+    config = config_from_args(args)
+    config.check_method(args.method, purpose="finetune")
+    search_results = parse_assignments(args.hparams, "--hparams", "autoft=run/search/autoft.json")
+    from autoft.stages import finetune_hparams, stage_finetune
 
-    config = resolve_config(args)
-    hparams_files = dict(item.split("=", 1) for item in args.hparams)
-    hparams = hparams_for(args.method, {k: Path(v) for k, v in hparams_files.items()})
-    summary = stage_finetune(config, Path(args.data), Path(args.zeroshot), hparams, Path(args.out), resume=args.resume)
+    hparams = finetune_hparams(args.method, {k: Path(v) for k, v in search_results.items()})
+    summary = stage_finetune(
+        config, Path(args.data), Path(args.zeroshot), args.method, hparams, Path(args.out), resume=args.resume
+    )
     print(
-        f"fine-tuned {args.method}: best epoch {summary['best_epoch'] + 1}, ID-val {summary['best_id_val']:.4f}, "
-        f"WiSE-FT alpha {summary['wiseft']['best_alpha']} -> {args.out}"
+        f"fine-tuned {args.method}: best epoch {summary.best_epoch + 1}, ID-val {summary.best_id_val:.4f}, "
+        f"WiSE-FT alpha {summary.wiseft.best_alpha} -> {args.out}"
     )
 
 
-def _parse_models(items: list[str]) -> dict[str, Path]:
-    models = {}
-    for item in items:
-        name, sep, folder = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--model {item!r}: use NAME=FOLDER (a folder saved by finetune or zeroshot)")
-        models[name] = Path(folder)
-    return models
-
-
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    config = config_from_args(args)
+    models = {name: Path(folder) for name, folder in parse_assignments(args.model, "--model", "ft=run/ft").items()}
     from autoft.stages import stage_evaluate
 
-    config = resolve_config(args)
-    data_dir = Path(args.data)
-    eval_set = args.eval_set
+    data_dir, eval_set = Path(args.data), args.eval_set
     if args.eval_folder or args.eval_csv:
-        data_dir, eval_set = _ad_hoc_eval_set(args, _parse_models(args.model))
-    results = stage_evaluate(config, data_dir, eval_set, _parse_models(args.model), Path(args.out))
-    for name, row in results["models"].items():
-        print(f"{name} on {eval_set}: {config.metric} {row['value']:.4f}")
+        data_dir, eval_set = _ad_hoc_eval_set(args, models)
+    elif not args.data:
+        raise ConfigError("give --data (a prepared-data folder) with --eval-set, or --eval-folder / --eval-csv")
+    results = stage_evaluate(config, data_dir, eval_set, models, Path(args.out))
+    for name, row in results.models.items():
+        print(f"{name} on {eval_set}: {config.metric} {row.value:.4f}")
 
 
 def _ad_hoc_eval_set(args: argparse.Namespace, models: dict[str, Path]) -> tuple[Path, str]:
     """Register an image folder or CSV as an eval set next to the output, labelled by class name."""
-    from autoft.data.base import save_file_split
+    from autoft.contracts import PreparedData
     from autoft.data.ds_generic import load_eval_set
-    from autoft.data.registry import PreparedData
+    from autoft.data.manifests import save_file_split
     from autoft.models.checkpoint import read_model_card
 
     card = read_model_card(next(iter(models.values())))
@@ -157,7 +156,6 @@ def _ad_hoc_eval_set(args: argparse.Namespace, models: dict[str, Path]) -> tuple
     folder = Path(args.out).parent / "adhoc_eval"
     save_file_split(folder, "eval", images)
     PreparedData(
-        folder=folder,
         dataset=kind,
         class_names=card["class_names"],
         templates=card["templates"],
@@ -165,23 +163,19 @@ def _ad_hoc_eval_set(args: argparse.Namespace, models: dict[str, Path]) -> tuple
         ood_val_set="",
         ood_tests=["eval"],
         ood_val_indices_hash="",
-    ).save()
+    ).save_in(folder)
     return folder, "eval"
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    from autoft.report import format_table
     from autoft.runner import RunLayout, collect_results
 
-    config = resolve_config(args)
-    results = collect_results(config, RunLayout(Path(args.run)), {})
-    from autoft.report import format_table
-
-    print(format_table(results))
+    print(format_table(collect_results(config_from_args(args), RunLayout(Path(args.run)), {})))
 
 
 def _default_run_dir(preset: str) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{preset}-{stamp}"
+    return Path("runs") / f"{preset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -214,21 +208,26 @@ def with_shared_local_tracking(config: AutoFTConfig, run_dir: Path) -> AutoFTCon
     return shared
 
 
+def runners() -> dict[str, Runner]:
+    """``inprocess`` (this library) plus the runners plugins register (``kfp`` from the pipeline package)."""
+    from autoft.runner import run_inprocess
+
+    found: dict[str, Runner] = {"inprocess": run_inprocess}
+    for entry in entry_points(group=RUNNER_PLUGINS):
+        found[entry.name] = entry.load()
+    return found
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from autoft.report import format_table
 
-    config = resolve_config(args, DEFAULT_PRESET)
+    available = runners()
+    if args.runner not in available:
+        raise ConfigError(f"--runner {args.runner!r} is not installed; available: {sorted(available)}")
+    config = config_from_args(args, DEFAULT_PRESET)
     run_dir = Path(args.out) if args.out else _default_run_dir(config.preset)
     config = with_shared_local_tracking(config, run_dir)
-    if args.runner == "inprocess":
-        from autoft.runner import run_inprocess
-
-        results = run_inprocess(config, run_dir)
-    else:
-        # The KFP side lives in the top-level `pipeline` package; the library itself never imports kfp.
-        from pipeline.local_run import run_with_kfp_local
-
-        results = run_with_kfp_local(config, run_dir)
+    results = available[args.runner](config, run_dir)
     print()
     print(format_table(results))
     print(f"\nrun folder: {run_dir}  (results.json, report.md, report.html, plots/)")
@@ -238,15 +237,13 @@ def cmd_run(args: argparse.Namespace) -> None:
 # parser
 # ----------------------------------------------------------------------------------------------
 
-Handler = Callable[[argparse.Namespace], None]
-
 
 def _add_stage_commands(sub: argparse._SubParsersAction) -> None:
     """The per-step commands; registered both at the top level and under `autoft step`."""
 
     def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
         parser = sub.add_parser(name, help=help_text, description=help_text)
-        _add_config_args(parser)
+        add_config_arguments(parser)
         parser.set_defaults(handler=handler)
         return parser
 
@@ -260,19 +257,19 @@ def _add_stage_commands(sub: argparse._SubParsersAction) -> None:
     p = add("search", cmd_search, "run one search worker on a shared Optuna study (total budget across workers)")
     p.add_argument("--data", required=True, help="prepared-data folder")
     p.add_argument("--zeroshot", required=True, help="zero-shot model folder")
-    p.add_argument("--method", default="autoft", help="autoft | ft | flyp | ft_oodval")
+    p.add_argument("--method", default="autoft", help="a searched method of the config: autoft | ft | flyp | ft_oodval")
     p.add_argument("--storage", required=True, help="journal file path or Optuna RDB URL (postgresql://...)")
     p.add_argument("--worker-index", type=int, default=0, help="distinct per worker: seeds its sampler and data")
 
     p = add("select-best", cmd_select_best, "write the best trial's effective hyperparameters to --out")
-    p.add_argument("--method", default="autoft")
-    p.add_argument("--storage", required=True, help="the study's storage")
-    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--method", default="autoft", help="a searched method of the config")
+    p.add_argument("--storage", required=True, help="the study's storage (it must exist)")
+    p.add_argument("--out", required=True, help="JSON file to write (schema autoft.search/v1)")
 
     p = add("finetune", cmd_finetune, "final fine-tuning with searched hyperparameters, then the WiSE-FT sweep")
     p.add_argument("--data", required=True, help="prepared-data folder")
     p.add_argument("--zeroshot", required=True, help="zero-shot model folder")
-    p.add_argument("--method", default="autoft")
+    p.add_argument("--method", default="autoft", help="a fine-tuned method of the config")
     p.add_argument(
         "--hparams",
         action="append",
@@ -280,14 +277,15 @@ def _add_stage_commands(sub: argparse._SubParsersAction) -> None:
         metavar="METHOD=FILE",
         help="select-best output per method (controls such as autoft_ce read autoft's)",
     )
-    p.add_argument("--out", required=True, help="output folder (model/, wiseft/, train/, wiseft.json)")
+    p.add_argument("--out", required=True, help="output folder (model/, wiseft/, train/, finetune.json)")
     p.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint in --out")
 
     p = add("evaluate", cmd_evaluate, "evaluate saved models on one eval set (or any image folder / CSV)")
     p.add_argument("--data", default="", help="prepared-data folder (for --eval-set)")
     p.add_argument("--eval-set", default="id_test", help="split name in data.json (id_val, id_test, a shift, ...)")
-    p.add_argument("--eval-folder", help="an image folder with one subfolder per class name")
-    p.add_argument("--eval-csv", help="a CSV manifest with columns path,label (label = class name or index)")
+    adhoc = p.add_mutually_exclusive_group()
+    adhoc.add_argument("--eval-folder", help="an image folder with one subfolder per class name")
+    adhoc.add_argument("--eval-csv", help="a CSV manifest with columns path,label (label = class name)")
     p.add_argument("--model", action="append", required=True, metavar="NAME=FOLDER", help="a saved model")
     p.add_argument("--out", required=True, help="JSON file with metrics and confusion matrices")
 
@@ -302,40 +300,39 @@ def build_parser() -> argparse.ArgumentParser:
         "optimizer hyperparameters on a small OOD validation set, as a Kubeflow pipeline.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Examples:\n  autoft run                          # the built-in digits benchmark, locally\n"
-        "  autoft run --preset smoke           # every step end to end on tiny budgets (~3 min)\n"
+        "  autoft run --preset smoke           # every step end to end on tiny budgets\n"
         "  autoft run --set search.n_trials=50 --set finetune.epochs=5\n"
         "  autoft config show --preset fmow    # the resolved configuration\n"
         "  autoft bench robustness --seeds 0 1 # a benchmark from bench/ (--help after its name)\n",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the whole pipeline locally (kfp.local) and print the results table")
-    _add_config_args(run)
+    run = sub.add_parser("run", help="run the whole pipeline locally and print the results table")
+    add_config_arguments(run)
     run.add_argument("--out", help="run folder (default: runs/<preset>-<timestamp>)")
     run.add_argument(
         "--runner",
-        choices=["kfp", "inprocess"],
         default="kfp",
-        help="kfp: the compiled pipeline through kfp.local (each step a subprocess); inprocess: the same stages "
-        "in this process (debugging)",
+        help="kfp: the compiled pipeline through kfp.local (each step a subprocess; needs the pipeline package); "
+        "inprocess: the same stages in this process (debugging)",
     )
     run.set_defaults(handler=cmd_run)
 
     config = sub.add_parser("config", help="show the resolved configuration")
-    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     show = config_sub.add_parser("show", help="print the resolved config as YAML")
-    _add_config_args(show)
+    add_config_arguments(show)
     show.set_defaults(handler=cmd_config_show)
 
     pretrain = sub.add_parser("pretrain", help="build (or reuse) the built-in digits foundation model")
-    _add_config_args(pretrain)
+    add_config_arguments(pretrain)
     pretrain.add_argument("--cache-dir", help="where to cache it (default: $AUTOFT_CACHE or .cache/autoft)")
     pretrain.set_defaults(handler=cmd_pretrain)
 
     bench = sub.add_parser(
         "bench",
-        help="run a benchmark from the checkout's bench/ folder (robustness, loss_terms)",
+        help="run a benchmark from the checkout's bench/ folder",
         description="Run bench/NAME.py with this Python; every argument after NAME goes to the benchmark.",
     )
     bench.add_argument("name", help="benchmark name: a file bench/NAME.py")
@@ -346,35 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     step = sub.add_parser("step", help="one pipeline step, as a container runs it (same commands as above)")
     _add_stage_commands(step.add_subparsers(dest="step", metavar="STEP", required=True))
 
-    for extension in _extensions():
-        extension(sub)
+    for entry in entry_points(group=COMMAND_PLUGINS):
+        entry.load()(sub)
     return parser
-
-
-def _extensions() -> list[Callable[[argparse._SubParsersAction], None]]:
-    """Commands that live with the pipeline package (compile, submit), which imports kfp."""
-    found = []
-    for module_name in ("pipeline.cli",):
-        try:
-            module = __import__(module_name, fromlist=["register"])
-        except ModuleNotFoundError as error:
-            if error.name not in (module_name, module_name.split(".")[0]):
-                raise
-            continue
-        found.append(module.register)
-    return found
-
-
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from autoft.data.base import DataError
-    from autoft.models.checkpoint import CheckpointError
-    from autoft.search.study import SearchFailed
-    from autoft.storage import StorageError
-
-    return (*USER_ERRORS, DataError, CheckpointError, SearchFailed, StorageError, ConnectionError, ValueError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -389,9 +360,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TQDM_MININTERVAL", "1")
     try:
         args.handler(args)
-    except _user_errors() as error:
+    except AutoFTError as error:
+        if args.verbose:
+            raise
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted: outputs written so far are complete; re-run the command to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

@@ -1,8 +1,9 @@
-"""One typed configuration schema for every AutoFT stage.
+"""One typed configuration schema for every AutoFT stage, and the one way to resolve it.
 
-Configs come from YAML (a preset) plus ``--set a.b=c`` overrides and are validated here, at the
-edge, so that bad input fails before any compute with the field path and the allowed values.
-Every run saves the resolved config next to its outputs.
+A config is a preset or a YAML file plus ``KEY=VALUE`` overrides (dotted keys, YAML values),
+validated here, at the edge, so that bad input fails before any compute with the field path, the bad
+value and the allowed values. Types are strict: ``n_trials: yes`` is an error, not 1. Every run saves
+the resolved config next to its outputs.
 """
 
 from __future__ import annotations
@@ -11,34 +12,37 @@ import copy
 import json
 import math
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-LOSS_NAMES: tuple[str, ...] = (
-    "ce",
-    "hinge",
-    "entropy",
-    "dcm",
-    "flyp",
-    "l1zero",
-    "l2zero",
-    "l1init",
-    "l2init",
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
 )
+
+from autoft.data.options import OPTIONS_MODELS, DatasetOptions
+from autoft.data.registry import known_datasets
+from autoft.errors import ConfigError
+from autoft.hparams import LOSS_NAMES
+from autoft.methods import BASE_METHODS, ZEROSHOT, base_of, method_problems
+
 METRICS: tuple[str, ...] = ("accuracy", "macro_f1", "worst_group_accuracy", "neg_cross_entropy")
-
+Metric = Literal["accuracy", "macro_f1", "worst_group_accuracy", "neg_cross_entropy"]
 PositiveFloat = Annotated[float, Field(gt=0)]
-
-
-class ConfigError(ValueError):
-    """A configuration problem a user can fix; the message names the field and the fix."""
+PRESET_DIR = Path(__file__).parent / "presets"
+DEFAULT_PRESET = "digits"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class Bounds(_Strict):
@@ -61,7 +65,7 @@ class ModelConfig(_Strict):
     pretrained: str = Field(
         "",
         description="open_clip pretrained tag (e.g. 'openai'), a local weights file "
-        "(.safetensors or a state dict), a gs:// URI, or '' for random init",
+        "(.safetensors or a state dict), a gs:// URI, 'builtin:digits', or '' for random init",
     )
     head_mode: Literal["linear", "text"] = Field(
         "linear",
@@ -89,38 +93,76 @@ class ModelConfig(_Strict):
 class OodValConfig(_Strict):
     size: int = Field(1000, ge=1, description="number of OOD-val examples used by the search")
     class_balanced: bool = Field(False, description="sample size // classes per class present")
-    seed: int = 0
+    seed: int | None = Field(None, description="draws the subset; None = the root seed")
 
 
 class EvalSetConfig(_Strict):
     """An extra evaluation shift given by the user: an image folder or a CSV manifest."""
 
-    name: str
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="letters, digits, '_', '.', '-'")
     kind: Literal["folder", "csv"]
     path: str
+    allow_absolute_paths: bool = Field(
+        False, description="csv only: let rows name images outside the CSV's folder (absolute or ../ paths)"
+    )
 
 
 class DataConfig(_Strict):
-    dataset: str = Field("digits", description="a registered dataset builder (see `autoft.data.registry`)")
+    dataset: str = Field("digits", description="a registered dataset (see `autoft.data.registry`)")
     root: str = Field("", description="dataset root (local path or gs://); '' = the built-in cache")
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(256, ge=1)
     num_workers: int = Field(0, ge=0)
     ood_val: OodValConfig = Field(default_factory=OodValConfig)
     eval_sets: list[EvalSetConfig] = Field(default_factory=list)
-    options: dict[str, Any] = Field(
-        default_factory=dict, description="dataset-specific options (shift families, severities, ...)"
+    options: SerializeAsAny[DatasetOptions] = Field(
+        default_factory=dict,  # type: ignore[arg-type]  # validated into the dataset's own model below
+        validate_default=True,
+        description="dataset-specific options; each dataset's own typed model (autoft.data.options)",
     )
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _typed_options(cls, value: Any, info: ValidationInfo) -> Any:
+        # Each dataset has its own options model; `dataset` is validated first (it is declared first).
+        model = OPTIONS_MODELS.get(info.data.get("dataset", ""))
+        if model is None or isinstance(value, model):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"must be a mapping of {info.data.get('dataset')!r} options, got {value!r}")
+        try:
+            return model.model_validate(value)
+        except ValidationError as error:
+            raise ValueError(_options_problems(error, model)) from None
 
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
-        from autoft.data.registry import known_datasets  # lazy: builders import this module
-
-        known = known_datasets()
-        if value not in known:
-            raise ValueError(f"unknown dataset {value!r}; allowed: {known}")
+        if value not in known_datasets():
+            raise ValueError(f"unknown dataset {value!r}; allowed: {known_datasets()}")
         return value
+
+    @field_validator("eval_sets")
+    @classmethod
+    def _unique_names(cls, value: list[EvalSetConfig]) -> list[EvalSetConfig]:
+        names = [item.name for item in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"eval set names must be unique, got {names}")
+        return value
+
+
+def _options_problems(error: ValidationError, model: type[DatasetOptions]) -> str:
+    problems = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"])
+        if item["type"] == "extra_forbidden":
+            message = f"unknown key; allowed keys: {sorted(model.model_fields)}"
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            if item["type"] != "value_error":
+                message += f" (got {item['input']!r})"
+        problems.append(f"{where}: {message}" if where else message)
+    return "; ".join(problems)
 
 
 class SearchConfig(_Strict):
@@ -137,7 +179,7 @@ class SearchConfig(_Strict):
     max_failed_trials: int = Field(0, ge=0, description="0 = n_trials; stop the search after this many failures")
     storage: str = Field("", description="'' = a journal file in the run folder, or an Optuna RDB URL")
     study_name: str = "autoft"
-    seed: int = 0
+    seed: int | None = Field(None, description="seeds the sampler and the inner loop's batches; None = root seed")
     multivariate: bool = True
     constant_liar: bool = True
     heartbeat_interval: int = Field(0, ge=0, description="seconds; RDB storage only; 0 = off")
@@ -175,7 +217,7 @@ class FinetuneConfig(_Strict):
     warmup_steps: int = Field(500, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     lr: float | None = Field(None, gt=0, description="override the searched lr (normally unset)")
-    seed: int = 0
+    seed: int | None = Field(None, description="shuffling and captions of the final run; None = the root seed")
 
     @model_validator(mode="after")
     def _accum_divides(self) -> FinetuneConfig:
@@ -196,19 +238,17 @@ class WiseFTConfig(_Strict):
 
 
 class TrackingConfig(_Strict):
-    mlflow_uri: str = Field("", description="'' = sqlite:///<run root>/mlflow.db")
+    mlflow_uri: str = Field("", description="'' = $MLFLOW_TRACKING_URI, else SQLite beside the run folders")
     experiment: str = "autoft"
     registered_model: str = "autoft-clip"
 
 
 class AutoFTConfig(_Strict):
     preset: str = "custom"
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="the root seed: data splits, search and fine-tuning derive from it")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    metric: Literal["accuracy", "macro_f1", "worst_group_accuracy", "neg_cross_entropy"] = "accuracy"
-    selection_metric: Literal["accuracy", "macro_f1", "worst_group_accuracy", "neg_cross_entropy"] | None = Field(
-        None, description="metric for ID-val model selection; None = same as metric"
-    )
+    metric: Metric = "accuracy"
+    selection_metric: Metric | None = Field(None, description="metric for ID-val model selection; None = metric")
     methods: list[str] = Field(default_factory=lambda: ["zeroshot", "ft", "autoft"])
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -216,53 +256,124 @@ class AutoFTConfig(_Strict):
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     wiseft: WiseFTConfig = Field(default_factory=WiseFTConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    options: dict[str, Any] = Field(default_factory=dict, description="preset-specific extras")
+
+    @field_validator("methods")
+    @classmethod
+    def _runnable_methods(cls, value: list[str]) -> list[str]:
+        problems = method_problems(value)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
 
     @property
     def model_selection_metric(self) -> str:
         return self.selection_metric or self.metric
 
+    # Seeds: one root seed; a component's own seed, when set, wins.
+    @property
+    def search_seed(self) -> int:
+        return self.seed if self.search.seed is None else self.search.seed
+
+    @property
+    def finetune_seed(self) -> int:
+        return self.seed if self.finetune.seed is None else self.finetune.seed
+
+    @property
+    def ood_val_seed(self) -> int:
+        return self.seed if self.data.ood_val.seed is None else self.data.ood_val.seed
+
+    def search_for(self, method: str) -> SearchConfig:
+        """The search config of one searched method: its loss set, its own study name, the derived seed."""
+        if method not in self.methods or not BASE_METHODS[base_of(method)].searches:
+            searched = [m for m in self.methods if m in BASE_METHODS and BASE_METHODS[m].searches]
+            raise ConfigError(f"method {method!r} has no search in this run; searched methods: {searched}")
+        spec = BASE_METHODS[method]
+        updates: dict[str, Any] = {"study_name": f"{self.search.study_name}-{method}", "seed": self.search_seed}
+        if spec.losses is not None:
+            updates.update(losses=list(spec.losses), anchor=spec.anchor, weight_bounds_per_term={})
+        return SearchConfig.model_validate({**self.search.model_dump(), **updates})
+
+    def metric_for(self, method: str) -> str:
+        """The metric a method's search maximises: the run's metric on OOD-val, the selection metric on ID-val."""
+        spec = BASE_METHODS[base_of(method)]
+        return self.metric if spec.metric == "objective" else self.model_selection_metric
+
+    def check_method(self, method: str, *, purpose: str) -> None:
+        """A method named on a command line must be one this config runs (and fit the purpose)."""
+        if method not in self.methods:
+            raise ConfigError(f"--method {method!r} is not in this config's methods {self.methods}")
+        if purpose == "finetune" and (method == ZEROSHOT or base_of(method) != method):
+            allowed = [m for m in self.methods if m in BASE_METHODS and BASE_METHODS[m].finetunes]
+            raise ConfigError(f"--method {method!r} is not fine-tuned; fine-tuned methods here: {allowed}")
+        if purpose == "search":
+            self.search_for(method)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading, overriding, resolving.
+# ----------------------------------------------------------------------------------------------
+
 
 def _format_error(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        path = ".".join(str(part) for part in item["loc"]) or "<root>"
-        message = item["msg"]
+        path = ".".join(str(part) for part in item["loc"] if not str(part).startswith("function-")) or "<root>"
+        message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            message = "unknown key (check the spelling; see `autoft config --help`)"
-        elif item["type"] == "literal_error":
+            message = "unknown key (check the spelling; `autoft config show` prints every key)"
+        elif item["type"] in ("literal_error", "int_type", "float_type", "bool_type", "string_type"):
             message = f"{message} (got {item.get('input')!r})"
         lines.append(f"  {path}: {message}")
     return "invalid configuration:\n" + "\n".join(lines)
 
 
-_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e-5`` as a float (YAML 1.1 wants a dot: ``1.0e-5``)."""
 
 
-def _parse_scalar(text: str) -> Any:
-    """Parse an override value with YAML rules, so `--set a=1e-5` is a float and `b=[x,y]` a list."""
-    value = yaml.safe_load(text) if text.strip() else ""
-    # YAML 1.1 (PyYAML) reads exponents without a dot, such as 1e-5, as strings.
-    if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
-        return float(value)
-    return value
+_SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _SCIENTIFIC, list("-+0123456789."))
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b=c`` overrides to a raw config mapping (a copy is returned)."""
+def parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source} is not valid YAML: {error}") from None
+
+
+def split_assignment(item: str, what: str, example: str) -> tuple[str, str]:
+    """``KEY=VALUE`` -> ``(KEY, VALUE)``: the one parser behind --set, --model, --hparams and --param."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"{what} {item!r}: use KEY=VALUE, e.g. {example}")
+    return key.strip(), value
+
+
+def parse_assignments(items: Iterable[str], what: str, example: str) -> dict[str, str]:
+    """Several ``KEY=VALUE`` items as a mapping; a key given twice is an error, not a silent overwrite."""
+    result: dict[str, str] = {}
+    for item in items:
+        key, value = split_assignment(item, what, example)
+        if key in result:
+            raise ConfigError(f"{what} {key!r} is given twice")
+        result[key] = value
+    return result
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``a.b=c`` overrides (values parsed as YAML) to a raw config mapping; a copy is returned."""
     result = copy.deepcopy(raw)
     for override in overrides:
-        key, sep, value = override.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"bad override {override!r}: use KEY=VALUE, e.g. search.n_trials=20")
+        key, text = split_assignment(override, "override", "search.n_trials=20")
         node = result
-        parts = key.strip().split(".")
+        parts = key.split(".")
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"bad override {override!r}: {part!r} is not a section")
+                raise ConfigError(f"override {override!r}: {part!r} is not a section")
             node = child
-        node[parts[-1]] = _parse_scalar(value)
+        node[parts[-1]] = parse_yaml(text, f"the value of override {key!r}") if text.strip() else ""
     return result
 
 
@@ -278,26 +389,75 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read config file {path}: {error}") from None
+    return parse_config_text(text, str(path))
+
+
+def parse_config_text(text: str, source: str) -> dict[str, Any]:
+    """A config document (YAML or JSON) as a mapping; an empty one is an error, not a silent default run."""
+    data = parse_yaml(text, source)
+    if data is None:
+        raise ConfigError(
+            f"{source} is empty; give a config (`autoft config show --preset digits` prints a complete one) or "
+            "use --preset NAME"
+        )
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping at the top level")
+        raise ConfigError(f"{source} must hold a mapping at the top level (config keys), got {type(data).__name__}")
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> AutoFTConfig:
-    """Load a preset or YAML file, apply ``--set`` overrides and validate."""
-    raw = read_yaml(path) if path else {}
-    return validate_config(apply_overrides(raw, overrides or []))
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {name!r}; available: {available_presets()}")
+    return path
+
+
+def resolve_config(
+    *,
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    text: str | None = None,
+    overrides: Iterable[str] = (),
+    default_preset: str | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> AutoFTConfig:
+    """``preset | file | text`` (else ``default_preset``, else the schema's defaults) + overrides -> validated.
+
+    ``defaults`` fill top-level keys the source leaves out (a compiled pipeline's methods). The CLI, the
+    pipeline steps and the benchmarks all resolve configs here.
+    """
+    given = [name for name, value in (("--preset", preset), ("--config", config_file), ("text", text)) if value]
+    if len(given) > 1:
+        raise ConfigError(f"give one config source, not {' and '.join(given)}")
+    if text is not None:
+        raw = parse_config_text(text, "the config text")
+    elif config_file:
+        raw = read_yaml(config_file)
+    elif preset or default_preset:
+        raw = read_yaml(preset_path(preset or default_preset))  # type: ignore[arg-type]
+    else:
+        raw = {}
+    raw = {**(defaults or {}), **raw}
+    return validate_config(apply_overrides(raw, overrides))
+
+
+def config_to_dict(config: AutoFTConfig) -> dict[str, Any]:
+    """Plain types only (through JSON), so YAML and pipeline parameters hold no Python objects."""
+    return json.loads(config.model_dump_json())
 
 
 def config_to_yaml(config: AutoFTConfig) -> str:
-    # Through JSON so that the YAML holds plain types only.
-    return yaml.safe_dump(json.loads(config.model_dump_json()), sort_keys=False)
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
 
 
 def save_config(config: AutoFTConfig, path: str | Path) -> Path:
-    from autoft.storage import atomic_write_text
+    from autoft.atomic import atomic_write_text
 
     return atomic_write_text(Path(path), config_to_yaml(config))

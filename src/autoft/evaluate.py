@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from tqdm.auto import tqdm
 
-from autoft.data.base import NO_GROUP, LabeledImages, TransformedImages
+from autoft.data.images import NO_GROUP, LabeledImages, TransformedImages
 from autoft.data.loaders import make_loader
 
 
@@ -30,7 +30,7 @@ class Predictions:
 
 
 def autocast_context(device: torch.device):
-    """bf16 autocast on GPU (AUTOFT.md); a no-op context on CPU where bf16 would only be slower."""
+    """bf16 autocast on GPU (docs/method.md); a no-op context on CPU where bf16 would only be slower."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 

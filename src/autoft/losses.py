@@ -1,6 +1,6 @@
 """The nine named objective terms of AutoFT and their weighted sum.
 
-Terms are keyed by name, never by position (see AUTOFT.md). Data terms read logits and features of a
+Terms are keyed by name, never by position (see docs/method.md). Data terms read logits and features of a
 batch; parameter terms read the trainable parameters and, for ``l1init``/``l2init``, a CLONE of the
 zero-shot weights (the reference code aliased the live tensors, so those terms were always zero).
 Parameter terms use foreach kernels: one launch per term instead of one per tensor.
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from autoft.config import LOSS_NAMES
+from autoft.hparams import LOSS_NAMES
 
 DATA_TERMS = ("ce", "hinge", "entropy", "dcm", "flyp")
 PARAM_TERMS = ("l1zero", "l2zero", "l1init", "l2init")

@@ -13,10 +13,10 @@ Together the controls separate what the learned objective adds from picking a ge
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from autoft.config import AutoFTConfig, SearchConfig
+from typing import Literal
 
 WISEFT_SUFFIX = "_wiseft"
+ZEROSHOT = "zeroshot"
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,10 @@ BASE_METHODS: dict[str, MethodSpec] = {
     "ft_oodval": MethodSpec("ft_oodval", True, ("ce",), "ce", "ood_val", "objective"),
     "autoft_ce": MethodSpec("autoft_ce", False, ("ce",), "ce", "ood_val", "objective", hparams_from="autoft"),
 }
+ALL_METHODS: tuple[str, ...] = (
+    *BASE_METHODS,
+    *(f"{name}{WISEFT_SUFFIX}" for name, spec in BASE_METHODS.items() if spec.finetunes),
+)
 
 
 def is_wiseft(name: str) -> bool:
@@ -49,18 +53,26 @@ def base_of(name: str) -> str:
     return name.removesuffix(WISEFT_SUFFIX)
 
 
-def validate_methods(methods: list[str]) -> None:
-    """Unknown names, WiSE-FT of a method not run, or a control without its source fail early."""
-    known = sorted([*BASE_METHODS, *(f"{m}{WISEFT_SUFFIX}" for m in BASE_METHODS if BASE_METHODS[m].finetunes)])
+def method_problems(methods: list[str]) -> list[str]:
+    """What is wrong with a method list (empty when it is runnable): unknown names, missing sources."""
+    problems = []
+    unknown = [name for name in methods if name not in ALL_METHODS]
+    if unknown:
+        problems.append(f"unknown methods {unknown}; allowed: {list(ALL_METHODS)}")
+    if len(set(methods)) != len(methods):
+        problems.append(f"{methods} lists a method twice")
+    if not methods:
+        problems.append(f"no methods given; allowed: {list(ALL_METHODS)}")
     for name in methods:
+        if name in unknown:
+            continue
         base = base_of(name)
-        if name not in known:
-            raise ValueError(f"unknown method {name!r}; allowed: {known}")
         if is_wiseft(name) and base not in methods:
-            raise ValueError(f"method {name!r} needs {base!r} in methods too")
+            problems.append(f"method {name!r} needs {base!r} in methods too")
         source = BASE_METHODS[base].hparams_from
         if source and source not in methods:
-            raise ValueError(f"method {name!r} reuses {source!r}'s hyperparameters: add {source!r} to methods")
+            problems.append(f"method {name!r} reuses {source!r}'s hyperparameters: add {source!r} to methods")
+    return problems
 
 
 def searched_methods(methods: list[str]) -> list[str]:
@@ -71,16 +83,26 @@ def finetuned_methods(methods: list[str]) -> list[str]:
     return [m for m in methods if not is_wiseft(m) and BASE_METHODS[m].finetunes]
 
 
-def method_search_config(config: AutoFTConfig, method: str) -> SearchConfig:
-    """The search config of one method: its loss set and its own study name, same budget."""
-    spec = BASE_METHODS[method]
-    search = config.search.model_copy(deep=True)
-    updates: dict = {"study_name": f"{config.search.study_name}-{method}"}
-    if spec.losses is not None:
-        updates.update(losses=list(spec.losses), anchor=spec.anchor, weight_bounds_per_term={})
-    return SearchConfig.model_validate({**search.model_dump(), **updates})
+def hparams_source(method: str) -> str:
+    """The searched method whose best hyperparameters ``method`` fine-tunes with (itself, or a control's source)."""
+    return BASE_METHODS[base_of(method)].hparams_from or base_of(method)
 
 
-def method_metric(config: AutoFTConfig, method: str) -> str:
-    spec = BASE_METHODS[base_of(method)]
-    return config.metric if spec.metric == "objective" else config.model_selection_metric
+ModelKind = Literal["zeroshot", "model", "wiseft"]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Which saved classifier represents a method: the zero-shot one, or a fine-tune step's output."""
+
+    kind: ModelKind  # "model": the fine-tuned weights; "wiseft": their WiSE-FT interpolation
+    finetuned: str | None  # the fine-tuned method whose step produced it (None for zero-shot)
+
+
+def model_source(method: str) -> ModelSource:
+    """The one place that maps a method to its model (the runner's folders, the pipeline's artifacts)."""
+    if method == ZEROSHOT:
+        return ModelSource("zeroshot", None)
+    if method not in ALL_METHODS:
+        raise ValueError(f"unknown method {method!r}; allowed: {list(ALL_METHODS)}")
+    return ModelSource("wiseft" if is_wiseft(method) else "model", base_of(method))

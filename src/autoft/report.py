@@ -1,94 +1,98 @@
-"""results.json (schema ``autoft.results/v1``), a Markdown/HTML report and its plots."""
+"""results.json (:class:`autoft.contracts.Results`), a Markdown/HTML report and its plots."""
 
 from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # headless: reports are rendered in containers and CI
 import matplotlib.pyplot as plt
 
+from autoft.atomic import atomic_path, atomic_write_text
+from autoft.contracts import (
+    CurvePoint,
+    EvalResult,
+    FinetuneSummary,
+    MethodResult,
+    PreparedData,
+    Results,
+    SearchResult,
+    SearchSummary,
+)
+from autoft.errors import DataError
 from autoft.methods import base_of, is_wiseft
-from autoft.storage import atomic_path, atomic_write_text
-
-RESULTS_SCHEMA = "autoft.results/v1"
 
 
 def assemble_results(
     *,
     preset: str,
     metric: str,
-    ood_val_set: str,
-    ood_tests: list[str],
+    data: PreparedData,
     methods: list[str],
-    evals: dict[str, dict[str, Any]],
-    searches: dict[str, dict[str, Any]],
-    finetunes: dict[str, dict[str, Any]],
+    evals: dict[str, EvalResult],
+    searches: dict[str, SearchResult],
+    finetunes: dict[str, FinetuneSummary],
     timing_s: dict[str, float],
-    ood_val_indices_hash: str = "",
-) -> dict[str, Any]:
-    """Collect per-eval-set outputs into the results schema (fractions in [0, 1])."""
+) -> Results:
+    """Collect the steps' outputs into results.json (fractions in [0, 1])."""
+    ood_tests = data.ood_tests
     missing = [name for name in ("id_val", "id_test", *ood_tests) if name not in evals]
     if missing:
-        raise ValueError(f"cannot assemble results: no evaluation of {missing}")
-    table: dict[str, Any] = {}
+        raise DataError(f"cannot assemble results: no evaluation of {missing}")
+    table: dict[str, MethodResult] = {}
     for method in methods:
-        ood = {shift: evals[shift]["models"][method]["value"] for shift in ood_tests}
-        finetune = finetunes.get(base_of(method), {})
-        hparams = finetune.get("hparams") or searches.get(method, {}).get("hparams") or {}
-        table[method] = {
-            "id_val": evals["id_val"]["models"][method]["value"],
-            "id_test": evals["id_test"]["models"][method]["value"],
-            "ood": ood,
-            "ood_avg": sum(ood.values()) / len(ood) if ood else None,
-            "hparams": hparams,
-            "wiseft_alpha": finetune.get("wiseft", {}).get("best_alpha") if is_wiseft(method) else None,
-        }
-    curves: dict[str, Any] = {}
-    for method in finetunes:
-        if method not in evals["id_test"].get("wiseft_curves", {}):
-            continue
-        alphas = sorted(evals["id_test"]["wiseft_curves"][method], key=float)
+        ood = {shift: evals[shift].models[method].value for shift in ood_tests}
+        finetune = finetunes.get(base_of(method))
+        search = searches.get(method)
+        table[method] = MethodResult(
+            id_val=evals["id_val"].models[method].value,
+            id_test=evals["id_test"].models[method].value,
+            ood=ood,
+            ood_avg=sum(ood.values()) / len(ood) if ood else None,
+            hparams=finetune.hparams if finetune else (search.hparams if search else None),
+            wiseft_alpha=finetune.wiseft.best_alpha if finetune and is_wiseft(method) else None,
+        )
+    curves: dict[str, dict[str, CurvePoint]] = {}
+    for method, points in evals["id_test"].wiseft_curves.items():
         curves[method] = {
-            alpha: {
-                "id_test": evals["id_test"]["wiseft_curves"][method][alpha],
-                "ood_avg": sum(evals[s]["wiseft_curves"][method][alpha] for s in ood_tests) / max(len(ood_tests), 1),
-            }
-            for alpha in alphas
+            alpha: CurvePoint(
+                id_test=value,
+                ood_avg=sum(evals[s].wiseft_curves[method][alpha] for s in ood_tests) / len(ood_tests)
+                if ood_tests
+                else None,
+            )
+            for alpha, value in sorted(points.items(), key=lambda item: float(item[0]))
         }
-    return {
-        "schema": RESULTS_SCHEMA,
-        "preset": preset,
-        "metric": metric,
-        "ood_val_set": ood_val_set,
-        "ood_val_indices_hash": ood_val_indices_hash,
-        "methods": table,
-        "search": {
-            method: {
-                "trials_complete": info["trials_complete"],
-                "best_value": info["best_value"],
-                "storage": info["storage"],
-            }
-            for method, info in searches.items()
+    return Results(
+        preset=preset,
+        metric=metric,
+        ood_val_set=data.ood_val_set,
+        ood_val_indices_hash=data.ood_val_indices_hash,
+        methods=table,
+        search={
+            method: SearchSummary(trials_complete=r.trials_complete, best_value=r.best_value, storage=r.storage)
+            for method, r in searches.items()
         },
-        "wiseft_curves": curves,
-        "timing_s": timing_s,
-    }
+        wiseft_curves=curves,
+        timing_s=timing_s,
+    )
 
 
-def format_table(results: dict[str, Any]) -> str:
-    """The results as a Markdown table (percentages), methods in run order."""
-    shifts = list(next(iter(results["methods"].values()))["ood"]) if results["methods"] else []
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def format_table(results: Results) -> str:
+    """The results as a Markdown table (percentages), methods in run order; '-' where a number does not exist."""
+    shifts = list(next(iter(results.methods.values())).ood) if results.methods else []
     header = ["method", "ID val", "ID test", *shifts, "OOD avg"]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for method, row in results["methods"].items():
-        cells = [row["id_val"], row["id_test"], *(row["ood"][s] for s in shifts), row["ood_avg"]]
-        rows.append("| " + " | ".join([method, *(f"{100 * v:.1f}" for v in cells)]) + " |")
+    for method, row in results.methods.items():
+        cells = [row.id_val, row.id_test, *(row.ood[s] for s in shifts), row.ood_avg]
+        rows.append("| " + " | ".join([method, *(_percent(v) for v in cells)]) + " |")
     return "\n".join(rows)
 
 
@@ -98,35 +102,41 @@ def _save_figure(fig: plt.Figure, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_id_vs_ood(results: dict[str, Any], path: Path) -> Path:
+def plot_id_vs_ood(results: Results, path: Path) -> Path | None:
+    """ID test against OOD average for every method, with the WiSE-FT curves; None without OOD shifts."""
+    placed = {m: row for m, row in results.methods.items() if row.ood_avg is not None}
+    if not placed:
+        return None
     fig, ax = plt.subplots(figsize=(6.5, 5))
-    for method, curve in results.get("wiseft_curves", {}).items():
-        xs = [100 * p["id_test"] for p in curve.values()]
-        ys = [100 * p["ood_avg"] for p in curve.values()]
+    for method, curve in results.wiseft_curves.items():
+        points = [p for p in curve.values() if p.ood_avg is not None]
+        xs = [100 * p.id_test for p in points]
+        ys = [100 * p.ood_avg for p in points]  # type: ignore[operator]
         ax.plot(xs, ys, "-", alpha=0.5, label=f"{method} WiSE-FT (alpha 0..1)")
-    for method, row in results["methods"].items():
-        ax.scatter(100 * row["id_test"], 100 * row["ood_avg"], s=45, zorder=3)
-        ax.annotate(
-            method, (100 * row["id_test"], 100 * row["ood_avg"]), fontsize=8, xytext=(4, 3), textcoords="offset points"
-        )
-    ax.set_xlabel(f"ID test {results['metric']} (%)")
-    ax.set_ylabel(f"OOD average {results['metric']} (%)")
+    for method, row in placed.items():
+        x, y = 100 * row.id_test, 100 * row.ood_avg  # type: ignore[operator]
+        ax.scatter(x, y, s=45, zorder=3)
+        ax.annotate(method, (x, y), fontsize=8, xytext=(4, 3), textcoords="offset points")
+    ax.set_xlabel(f"ID test {results.metric} (%)")
+    ax.set_ylabel(f"OOD average {results.metric} (%)")
     ax.set_title("ID vs OOD: every method, with WiSE-FT curves")
     ax.grid(alpha=0.3)
-    if results.get("wiseft_curves"):
+    if results.wiseft_curves:
         ax.legend(fontsize=7, loc="best")
     _save_figure(fig, path)
     return path
 
 
-def plot_search_history(trials_by_method: dict[str, list[dict[str, Any]]], path: Path) -> Path:
+def plot_search_history(searches: dict[str, SearchResult], path: Path) -> Path | None:
+    """Each searched method's trial values and best-so-far curve; None when no trial completed."""
+    done = {m: [t for t in r.trials if t.state == "COMPLETE" and t.value is not None] for m, r in searches.items()}
+    done = {m: trials for m, trials in done.items() if trials}
+    if not done:
+        return None
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for method, trials in trials_by_method.items():
-        done = [t for t in trials if t["state"] == "COMPLETE" and t["value"] is not None]
-        if not done:
-            continue
-        numbers = [t["number"] for t in done]
-        values = [t["value"] for t in done]
+    for method, trials in done.items():
+        numbers = [t.number for t in trials]
+        values = [float(t.value) for t in trials]  # type: ignore[arg-type]
         best = [max(values[: i + 1]) for i in range(len(values))]
         line = ax.plot(numbers, best, "-", label=f"{method} best so far")[0]
         ax.scatter(numbers, values, s=12, alpha=0.5, color=line.get_color())
@@ -139,40 +149,39 @@ def plot_search_history(trials_by_method: dict[str, list[dict[str, Any]]], path:
     return path
 
 
-def _hparams_lines(results: dict[str, Any]) -> list[str]:
+def _hparams_lines(results: Results) -> list[str]:
     lines = []
-    for method, row in results["methods"].items():
-        hp = row["hparams"]
-        if not hp:
+    for method, row in results.methods.items():
+        hp = row.hparams
+        if hp is None:
             continue
-        weights = ", ".join(f"{k}={v:.3g}" for k, v in hp.get("weights", {}).items())
-        alpha = f", WiSE-FT alpha={row['wiseft_alpha']}" if row["wiseft_alpha"] is not None else ""
-        lines.append(
-            f"- **{method}**: lr={hp['lr']:.3g}, weight decay={hp['weight_decay']:.3g}; weights: {weights}{alpha}"
-        )
+        weights = ", ".join(f"{k}={v:.3g}" for k, v in hp.weights.items())
+        alpha = f", WiSE-FT alpha={row.wiseft_alpha}" if row.wiseft_alpha is not None else ""
+        lines.append(f"- **{method}**: lr={hp.lr:.3g}, weight decay={hp.weight_decay:.3g}; weights: {weights}{alpha}")
     return lines
 
 
-def write_report(
-    results: dict[str, Any], trials_by_method: dict[str, list[dict[str, Any]]], out_dir: Path
-) -> dict[str, Path]:
+def write_report(results: Results, searches: dict[str, SearchResult], out_dir: Path) -> dict[str, Path]:
     """Write results.json, report.md, report.html and plots/ into ``out_dir``."""
     out_dir = Path(out_dir)
     plots = out_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    scatter = plot_id_vs_ood(results, plots / "id_vs_ood.png")
-    history = plot_search_history(trials_by_method, plots / "search_history.png")
+    figures = {
+        "ID vs OOD": plot_id_vs_ood(results, plots / "id_vs_ood.png"),
+        "Search history": plot_search_history(searches, plots / "search_history.png"),
+    }
     search_lines = [
-        f"- **{m}**: {s['trials_complete']} trials, best objective {s['best_value']:.4f} (storage `{s['storage']}`)"
-        for m, s in results["search"].items()
+        f"- **{m}**: {s.trials_complete} trials, best objective {s.best_value:.4f} (storage `{s.storage}`)"
+        for m, s in results.search.items()
     ]
-    timing = ", ".join(f"{k} {v:.0f} s" for k, v in results["timing_s"].items())
+    timing = ", ".join(f"{k} {v:.0f} s" for k, v in results.timing_s.items())
+    images = [f"![{title}]({path.relative_to(out_dir)})\n" for title, path in figures.items() if path is not None]
     markdown = "\n".join(
         [
-            f"# AutoFT report: preset `{results['preset']}`",
+            f"# AutoFT report: preset `{results.preset}`",
             "",
-            f"Metric: **{results['metric']}** (percent). OOD-val set used by the AutoFT search: "
-            f"**{results['ood_val_set']}**. OOD avg = mean over the OOD test shifts.",
+            f"Metric: **{results.metric}** (percent). OOD-val set used by the AutoFT search: "
+            f"**{results.ood_val_set}**. OOD avg = mean over the OOD test shifts.",
             "",
             format_table(results),
             "",
@@ -183,21 +192,17 @@ def write_report(
             *search_lines,
             "",
             "## Plots",
-            f"![ID vs OOD]({scatter.relative_to(out_dir)})",
-            "",
-            f"![Search history]({history.relative_to(out_dir)})",
-            "",
+            *images,
             f"Timing: {timing}",
             "",
         ]
     )
     paths = {
-        "results": atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1)),
+        "results": results.save(out_dir / Results.FILE),
         "markdown": atomic_write_text(out_dir / "report.md", markdown),
         "html": atomic_write_text(out_dir / "report.html", markdown_to_html(markdown, out_dir)),
-        "id_vs_ood": scatter,
-        "search_history": history,
     }
+    paths.update({title: path for title, path in figures.items() if path is not None})
     return paths
 
 

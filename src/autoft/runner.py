@@ -7,24 +7,17 @@ no-orchestrator path (tests, benchmarks, debugging) and produces the same run fo
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from autoft.config import AutoFTConfig, save_config
-from autoft.data.registry import PreparedData
-from autoft.methods import (
-    base_of,
-    finetuned_methods,
-    is_wiseft,
-    searched_methods,
-    validate_methods,
-)
+from autoft.contracts import EvalResult, FinetuneSummary, PreparedData, Results, SearchResult
+from autoft.methods import finetuned_methods, is_wiseft, model_source, searched_methods
 from autoft.report import assemble_results, write_report
 from autoft.stages import (
-    hparams_for,
-    read_json,
+    finetune_hparams,
     stage_evaluate,
     stage_finetune,
     stage_prepare,
@@ -52,8 +45,8 @@ class RunLayout:
     def zeroshot(self) -> Path:
         return self.root / "models" / "zeroshot"
 
-    def hparams(self, method: str) -> Path:
-        return self.root / "hparams" / f"{method}.json"
+    def search(self, method: str) -> Path:
+        return self.root / "search" / f"{method}.json"
 
     def finetune(self, method: str) -> Path:
         return self.root / "models" / method
@@ -63,54 +56,48 @@ class RunLayout:
 
     def model_folder(self, method: str) -> Path:
         """The saved classifier that represents ``method`` in evaluation."""
-        if method == "zeroshot":
+        source = model_source(method)
+        if source.finetuned is None:
             return self.zeroshot
-        if is_wiseft(method):
-            return self.finetune(base_of(method)) / "wiseft"
-        return self.finetune(method) / "model"
-
-
-def eval_sets(data: PreparedData) -> list[str]:
-    return ["id_val", "id_test", "ood_val", *data.ood_tests]
+        return self.finetune(source.finetuned) / source.kind
 
 
 def wiseft_pairs(layout: RunLayout, methods: list[str]) -> dict[str, tuple[Path, Path]]:
-    return {base_of(m): (layout.zeroshot, layout.finetune(base_of(m)) / "model") for m in methods if is_wiseft(m)}
+    """For each WiSE-FT method's base: (zero-shot, fine-tuned) folders, the ends of its alpha curve."""
+    bases = [model_source(m).finetuned for m in methods if is_wiseft(m)]
+    return {base: (layout.zeroshot, layout.model_folder(base)) for base in bases if base}
 
 
-def collect_results(config: AutoFTConfig, layout: RunLayout, timing: dict[str, float]) -> dict[str, Any]:
+def collect_results(config: AutoFTConfig, layout: RunLayout, timing: dict[str, float]) -> Results:
     """Assemble results.json and write the report from what the stages left in the run folder."""
-    data = PreparedData.load(layout.data)
-    methods = config.methods
-    searches = {m: read_json(layout.hparams(m)) for m in searched_methods(methods)}
-    finetunes = {m: read_json(layout.finetune(m) / "wiseft.json") for m in finetuned_methods(methods)}
-    evals = {name: read_json(layout.eval(name)) for name in eval_sets(data)}
+    data = PreparedData.load_from(layout.data)
+    searches = {m: SearchResult.load(layout.search(m)) for m in searched_methods(config.methods)}
     results = assemble_results(
         preset=config.preset,
         metric=config.metric,
-        ood_val_set=data.ood_val_set,
-        ood_tests=data.ood_tests,
-        methods=methods,
-        evals=evals,
+        data=data,
+        methods=config.methods,
+        evals={name: EvalResult.load(layout.eval(name)) for name in data.eval_sets},
         searches=searches,
-        finetunes=finetunes,
+        finetunes={
+            m: FinetuneSummary.load(layout.finetune(m) / FinetuneSummary.FILE)
+            for m in finetuned_methods(config.methods)
+        },
         timing_s=timing,
-        ood_val_indices_hash=data.ood_val_indices_hash,
     )
-    write_report(results, {m: s["trials"] for m, s in searches.items()}, layout.root)
+    write_report(results, searches, layout.root)
     return results
 
 
-def run_inprocess(config: AutoFTConfig, run_dir: Path, progress: bool = True) -> dict[str, Any]:
+def run_inprocess(config: AutoFTConfig, run_dir: Path, progress: bool = True) -> Results:
     """All stages, one after another, with per-stage timing in results.json."""
-    validate_methods(config.methods)
     layout = RunLayout(Path(run_dir))
     layout.root.mkdir(parents=True, exist_ok=True)
     save_config(config, layout.config)
     timing: dict[str, float] = {}
 
     @contextmanager
-    def timed(stage: str):
+    def timed(stage: str) -> Iterator[None]:
         start = time.perf_counter()
         yield
         timing[stage] = timing.get(stage, 0.0) + time.perf_counter() - start
@@ -124,21 +111,17 @@ def run_inprocess(config: AutoFTConfig, run_dir: Path, progress: bool = True) ->
         with timed(f"search_{method}"):
             stage_create_study(config, method, storage)
             stage_search(config, layout.data, layout.zeroshot, method, storage, progress=progress)
-            stage_select_best(config, method, storage, layout.hparams(method))
-    hparams_files = {m: layout.hparams(m) for m in searched_methods(config.methods)}
+            stage_select_best(config, method, storage, layout.search(method))
+    search_results = {m: layout.search(m) for m in searched_methods(config.methods)}
     for method in finetuned_methods(config.methods):
         with timed(f"finetune_{method}"):
+            hparams = finetune_hparams(method, search_results)
             stage_finetune(
-                config,
-                layout.data,
-                layout.zeroshot,
-                hparams_for(method, hparams_files),
-                layout.finetune(method),
-                progress=progress,
+                config, layout.data, layout.zeroshot, method, hparams, layout.finetune(method), progress=progress
             )
     models = {m: layout.model_folder(m) for m in config.methods}
     with timed("evaluate"):
-        for eval_set in eval_sets(data):
+        for eval_set in data.eval_sets:
             stage_evaluate(
                 config, layout.data, eval_set, models, layout.eval(eval_set), wiseft_pairs(layout, config.methods)
             )

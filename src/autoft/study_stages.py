@@ -1,20 +1,25 @@
-"""The stages that only touch a method's Optuna study: create it before the workers, read the best back.
+"""The stages that only touch a method's Optuna study: create it, read the best back, close it.
 
-Free of torch, so the create-study and select-best steps start in about a second instead of five
-(each pipeline run has one of each per searched method); ``autoft.stages`` holds the other stages.
+Free of torch, so these steps start in about a second instead of five (each pipeline run has several
+of them); ``autoft.stages`` holds the other stages.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from autoft.config import AutoFTConfig
-from autoft.methods import method_search_config
-from autoft.search.study import COUNTED_STATES, best_hparams, count_trials, create_or_load_study, prepare_study
-from autoft.storage import atomic_write_json, redact_url
-
-HPARAMS_SCHEMA = "autoft.hparams/v1"
+from autoft.contracts import SearchResult, TrialRecord
+from autoft.errors import SearchFailed
+from autoft.search.study import (
+    COUNTED_STATES,
+    best_hparams,
+    count_trials,
+    fail_orphaned_trials,
+    load_existing_study,
+    prepare_study,
+)
+from autoft.urls import redact_url
 
 
 def default_storage(run_dir: Path, method: str) -> str:
@@ -23,28 +28,48 @@ def default_storage(run_dir: Path, method: str) -> str:
 
 def stage_create_study(config: AutoFTConfig, method: str, storage: str) -> dict[str, int]:
     """Create (or resume) ``method``'s study before its workers start; orphaned trials are failed."""
-    study = prepare_study(storage, method_search_config(config, method))
+    study = prepare_study(storage, config.search_for(method))
     return count_trials(study)
 
 
-def stage_select_best(config: AutoFTConfig, method: str, storage: str, out_path: Path) -> dict[str, Any]:
-    """Read the best trial's effective hyperparameters back from the study (user attrs)."""
-    search = method_search_config(config, method)
-    study = create_or_load_study(storage, search)
+def stage_select_best(config: AutoFTConfig, method: str, storage: str, out_path: Path) -> SearchResult:
+    """Read the best trial's effective hyperparameters (user attrs) and every trial back from the study."""
+    search = config.search_for(method)
+    study = load_existing_study(storage, search)
     hparams, best = best_hparams(study)
-    trials = [
-        {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params}
-        for t in study.get_trials(deepcopy=False)
-    ]
-    payload = {
-        "schema": HPARAMS_SCHEMA,
-        "method": method,
-        "hparams": hparams.to_dict(),
-        "best_value": best.value,
-        "best_trial": best.number,
-        "trials_complete": len(study.get_trials(deepcopy=False, states=COUNTED_STATES)),
-        "storage": redact_url(storage),
-        "trials": trials,
-    }
-    atomic_write_json(out_path, payload)
-    return payload
+    trials = study.get_trials(deepcopy=False)
+    timed = [t for t in trials if t.datetime_start and t.datetime_complete]
+    seconds = 0.0
+    if timed:
+        first = min(t.datetime_start for t in timed)  # type: ignore[type-var]
+        last = max(t.datetime_complete for t in timed)  # type: ignore[type-var]
+        seconds = round((last - first).total_seconds(), 3)
+    result = SearchResult(
+        method=method,
+        hparams=hparams,
+        best_value=float(best.value),  # type: ignore[arg-type]
+        best_trial=best.number,
+        trials_complete=len(study.get_trials(deepcopy=False, states=COUNTED_STATES)),
+        storage=redact_url(storage),
+        study_name=study.study_name,
+        seconds=seconds,
+        trials=[TrialRecord(number=t.number, state=t.state.name, value=t.value, params=t.params) for t in trials],
+    )
+    result.save(out_path)
+    return result
+
+
+def stage_close_study(config: AutoFTConfig, method: str, storage: str) -> list[int]:
+    """After every worker is gone: fail the trials still RUNNING (they can never finish); their numbers.
+
+    Left alone they would count against a resumed study's budget and show as running in the dashboard.
+    A study that was never created has nothing to close.
+    """
+    search = config.search_for(method)
+    if "://" not in storage and not Path(storage).exists():
+        return []
+    try:
+        study = load_existing_study(storage, search)
+    except SearchFailed:
+        return []
+    return fail_orphaned_trials(study)

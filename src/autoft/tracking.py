@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autoft.storage import atomic_write_text, database_url, redact_url
+from autoft.atomic import atomic_write_text
+from autoft.urls import database_url, redact_url
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

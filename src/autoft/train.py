@@ -1,6 +1,6 @@
 """Fine-tuning with a weighted objective: the search's inner loop and the final run share this code.
 
-Final fine-tuning follows AUTOFT.md: AdamW (0.9, 0.999), linear warmup into a cosine schedule whose
+Final fine-tuning follows docs/method.md: AdamW (0.9, 0.999), linear warmup into a cosine schedule whose
 PEAK is the searched learning rate, gradient accumulation, clipping at ``grad_clip``, bf16 autocast
 on GPU, ID-val evaluation each epoch with best-epoch selection, and a checkpoint each epoch (model,
 optimizer, scheduler, RNG) so that a killed run resumes to the same weights.
@@ -21,15 +21,16 @@ from torch.optim import AdamW
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 from tqdm.auto import tqdm
 
+from autoft.atomic import atomic_path, atomic_write_text
 from autoft.config import FinetuneConfig
-from autoft.data.base import LabeledImages, TransformedImages
+from autoft.data.images import LabeledImages, TransformedImages
 from autoft.data.loaders import BatchStream, make_loader
+from autoft.errors import NonFiniteLossError
 from autoft.evaluate import autocast_context, metric_value, predict
-from autoft.hparams import Hyperparams, NonFiniteLossError
+from autoft.hparams import Hyperparams
 from autoft.losses import LossBatch, ParameterAnchor, WeightedObjective
 from autoft.models.checkpoint import load_state_dict_file, save_state_dict
 from autoft.models.classifier import CLIPClassifier, fill_template
-from autoft.storage import atomic_path, atomic_write_text
 
 ADAM_BETAS = (0.9, 0.999)
 

@@ -114,7 +114,7 @@ def make_fake_cifar(
     root: Path, per_batch: int = 20, per_severity: int = 10, corruptions: tuple[str, ...] = ()
 ) -> FakeCifar:
     """All four parts under ``root``; ``corruptions`` defaults to the 15 standard CIFAR-10-C ones."""
-    from autoft.data.ds_cifar import CIFAR10_C_CORRUPTIONS
+    from autoft.data.options import COMMON_CORRUPTIONS as CIFAR10_C_CORRUPTIONS
 
     root = Path(root)
     batches = root / "cifar-10-batches-py"

@@ -38,7 +38,7 @@ def make_fake_imagenet(
     kaggle_val: bool = False,
 ) -> FakeImagenet:
     """Every part of the family under ``root``; ``corruptions`` defaults to the 15 ImageNet-C ones."""
-    from autoft.data.ds_imagenet import IMAGENET_C_CORRUPTIONS
+    from autoft.data.options import COMMON_CORRUPTIONS as IMAGENET_C_CORRUPTIONS
 
     root = Path(root)
     seed = iter(range(10**6))

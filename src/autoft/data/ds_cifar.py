@@ -17,25 +17,20 @@ import codecs
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from numpy._core import multiarray
 
-from autoft.config import AutoFTConfig, ConfigError
-from autoft.data.base import (
-    NO_GROUP,
-    ArrayImages,
-    DataError,
-    LabeledImages,
-    register_manifest_format,
-    save_array_split,
-    write_manifest,
-)
-from autoft.data.ds_generic import check_fraction, dataset_options, resolve_root, stratified_holdout
-from autoft.data.ds_imagenet import COMMON_CORRUPTIONS
-from autoft.data.registry import DatasetSplits, register_dataset
+from autoft.data.ds_generic import resolve_root, stratified_holdout
+from autoft.data.images import NO_GROUP, ArrayImages, LabeledImages
+from autoft.data.manifests import DatasetSplits, save_array_split, write_manifest
+from autoft.data.options import CifarOptions
 from autoft.data.templates import templates_for
+from autoft.errors import DataError
+
+if TYPE_CHECKING:
+    from autoft.config import AutoFTConfig
 
 CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane",
@@ -49,26 +44,7 @@ CIFAR10_CLASSES: tuple[str, ...] = (
     "ship",
     "truck",
 )
-CIFAR10_C_CORRUPTIONS = COMMON_CORRUPTIONS
-# Shipped with CIFAR-10-C beyond the 15 standard corruptions; selectable through the options.
-CIFAR10_C_EXTRA: tuple[str, ...] = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
-CIFAR_SHIFTS: tuple[str, ...] = ("cifar10_1", "cifar10_2")
 SEVERITIES = 5
-DEFAULT_DIRS: dict[str, str] = {
-    "cifar10": "cifar-10-batches-py",
-    "cifar10_c": "CIFAR-10-C",
-    "cifar10_1": "CIFAR-10.1",
-    "cifar10_2": "CIFAR-10.2",
-}
-DEFAULT_OPTIONS: dict[str, Any] = {
-    "shifts": list(CIFAR_SHIFTS),
-    "cifar10c_corruptions": list(CIFAR10_C_CORRUPTIONS),
-    "cifar10c_severity": 5,
-    "cifar101_version": "v6",
-    "id_val_fraction": 0.1,  # 5,000 of the 50,000 training images
-    "split_seed": 0,
-    "dirs": {},
-}
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR102_FILE = "cifar102_test.npz"
 NPY_ROWS_FORMAT = "npy_rows"
@@ -226,8 +202,7 @@ def save_npy_rows_split(
     )
 
 
-@register_manifest_format(NPY_ROWS_FORMAT)
-def _load_npy_rows(manifest: dict[str, Any], base: Path) -> LabeledImages:
+def load_npy_rows_manifest(manifest: dict[str, Any], base: Path) -> LabeledImages:
     parts = []
     for raw in manifest["parts"]:
         part = NpyPart(**raw)
@@ -245,55 +220,18 @@ def _load_npy_rows(manifest: dict[str, Any], base: Path) -> LabeledImages:
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass
-class CifarOptions:
-    shifts: list[str]
-    corruptions: list[str]
-    severity: int
-    cifar101_version: str
-    id_val_fraction: float
-    split_seed: int
-    dirs: dict[str, str]
-
-
-def parse_options(config: AutoFTConfig) -> CifarOptions:
-    raw = dataset_options(config, DEFAULT_OPTIONS)
-    shifts = list(raw["shifts"])
-    unknown = [s for s in shifts if s not in CIFAR_SHIFTS]
-    if unknown:
-        raise ConfigError(f"data.options.shifts: unknown {unknown}; allowed: {list(CIFAR_SHIFTS)}")
-    corruptions = list(raw["cifar10c_corruptions"])
-    known = (*CIFAR10_C_CORRUPTIONS, *CIFAR10_C_EXTRA)
-    bad = [c for c in corruptions if c not in known]
-    if not corruptions or bad:
-        raise ConfigError(f"data.options.cifar10c_corruptions: unknown {bad or 'empty list'}; allowed: {list(known)}")
-    severity = raw["cifar10c_severity"]
-    if not isinstance(severity, int) or isinstance(severity, bool) or not 1 <= severity <= SEVERITIES:
-        raise ConfigError(f"data.options.cifar10c_severity must be an integer 1..{SEVERITIES}, got {severity!r}")
-    dirs = raw["dirs"]
-    if not isinstance(dirs, dict) or any(k not in DEFAULT_DIRS for k in dirs):
-        raise ConfigError(f"data.options.dirs may rename {sorted(DEFAULT_DIRS)}, got {dirs!r}")
-    return CifarOptions(
-        shifts=shifts,
-        corruptions=corruptions,
-        severity=severity,
-        cifar101_version=str(raw["cifar101_version"]),
-        id_val_fraction=check_fraction("id_val_fraction", raw["id_val_fraction"]),
-        split_seed=int(raw["split_seed"]),
-        dirs={**DEFAULT_DIRS, **dirs},
-    )
-
-
 def _check_layout(root: Path, opts: CifarOptions) -> None:
-    dirs = opts.dirs
-    needed = [root / dirs["cifar10"] / name for name in (*TRAIN_BATCHES, "test_batch")]
-    needed += [root / dirs["cifar10_c"] / f"{c}.npy" for c in opts.corruptions]
-    needed.append(root / dirs["cifar10_c"] / "labels.npy")
+    needed = [root / opts.folder("cifar10") / name for name in (*TRAIN_BATCHES, "test_batch")]
+    needed += [root / opts.folder("cifar10_c") / f"{c}.npy" for c in opts.cifar10c_corruptions]
+    needed.append(root / opts.folder("cifar10_c") / "labels.npy")
     if "cifar10_1" in opts.shifts:
         stem = f"cifar10.1_{opts.cifar101_version}"
-        needed += [root / dirs["cifar10_1"] / f"{stem}_data.npy", root / dirs["cifar10_1"] / f"{stem}_labels.npy"]
+        needed += [
+            root / opts.folder("cifar10_1") / f"{stem}_data.npy",
+            root / opts.folder("cifar10_1") / f"{stem}_labels.npy",
+        ]
     if "cifar10_2" in opts.shifts:
-        needed.append(root / dirs["cifar10_2"] / CIFAR102_FILE)
+        needed.append(root / opts.folder("cifar10_2") / CIFAR102_FILE)
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
         shown = "\n  ".join(missing)
@@ -301,14 +239,14 @@ def _check_layout(root: Path, opts: CifarOptions) -> None:
 
 
 def _cifar10c_parts(root: Path, opts: CifarOptions) -> list[NpyPart]:
-    folder = root / opts.dirs["cifar10_c"]
+    folder = root / opts.folder("cifar10_c")
     parts = []
-    for group, corruption in enumerate(opts.corruptions):
+    for group, corruption in enumerate(opts.cifar10c_corruptions):
         rows = check_npy_pair(folder / f"{corruption}.npy", folder / "labels.npy", f"CIFAR-10-C {corruption}")
         if rows == 0 or rows % SEVERITIES:
             raise DataError(f"CIFAR-10-C: {folder / corruption}.npy has {rows} rows, not {SEVERITIES} equal severities")
         per_severity = rows // SEVERITIES
-        start = per_severity * (opts.severity - 1)
+        start = per_severity * (opts.cifar10c_severity - 1)
         parts.append(
             NpyPart(str(folder / f"{corruption}.npy"), str(folder / "labels.npy"), start, start + per_severity, group)
         )
@@ -327,13 +265,13 @@ def _cifar102(path: Path, class_names: list[str]) -> ArrayImages:
     return ArrayImages(images=np.ascontiguousarray(images), labels=labels, class_names=class_names)
 
 
-@register_dataset("cifar10")
 def build_cifar10(config: AutoFTConfig, out_dir: Path) -> DatasetSplits:
-    opts = parse_options(config)
+    opts = config.data.options
+    assert isinstance(opts, CifarOptions)  # the schema picks the options model by dataset
     root = resolve_root(config.data.root, "cifar10", HOW_TO_STAGE)
     _check_layout(root, opts)
     out_dir = Path(out_dir)
-    batches = root / opts.dirs["cifar10"]
+    batches = root / opts.folder("cifar10")
     class_names = cifar10_class_names(batches)
 
     # Validate every source before writing anything, so a bad file fails before minutes of copying.
@@ -348,18 +286,25 @@ def build_cifar10(config: AutoFTConfig, out_dir: Path) -> DatasetSplits:
     c_parts = _cifar10c_parts(root, opts)
     shift_parts: dict[str, list[NpyPart] | ArrayImages] = {}
     if "cifar10_1" in opts.shifts:
-        stem = root / opts.dirs["cifar10_1"] / f"cifar10.1_{opts.cifar101_version}"
+        stem = root / opts.folder("cifar10_1") / f"cifar10.1_{opts.cifar101_version}"
         rows = check_npy_pair(Path(f"{stem}_data.npy"), Path(f"{stem}_labels.npy"), "CIFAR-10.1")
         shift_parts["cifar10_1"] = [NpyPart(f"{stem}_data.npy", f"{stem}_labels.npy", 0, rows)]
     if "cifar10_2" in opts.shifts:
-        shift_parts["cifar10_2"] = _cifar102(root / opts.dirs["cifar10_2"] / CIFAR102_FILE, class_names)
+        shift_parts["cifar10_2"] = _cifar102(root / opts.folder("cifar10_2") / CIFAR102_FILE, class_names)
 
     kept, held_out = stratified_holdout(train.labels, opts.id_val_fraction, opts.split_seed)
     save_array_split(out_dir, "id_train", ArrayImages(train.images[kept], train.labels[kept], class_names))
     id_val = ArrayImages(train.images[held_out], train.labels[held_out], class_names)
     save_array_split(out_dir, "id_val", id_val, split_seed=opts.split_seed)
     save_array_split(out_dir, "id_test", test)
-    save_npy_rows_split(out_dir, "ood_val_source", c_parts, class_names, list(opts.corruptions), severity=opts.severity)
+    save_npy_rows_split(
+        out_dir,
+        "ood_val_source",
+        c_parts,
+        class_names,
+        list(opts.cifar10c_corruptions),
+        severity=opts.cifar10c_severity,
+    )
     for shift in opts.shifts:
         source = shift_parts[shift]
         if isinstance(source, ArrayImages):
@@ -372,6 +317,6 @@ def build_cifar10(config: AutoFTConfig, out_dir: Path) -> DatasetSplits:
         class_names=class_names,
         templates=templates_for("cifar10"),
         manifests=manifests,
-        ood_val_set=f"cifar10_c_severity{opts.severity}",
+        ood_val_set=f"cifar10_c_severity{opts.cifar10c_severity}",
         ood_tests=list(opts.shifts),
     )

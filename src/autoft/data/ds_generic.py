@@ -1,8 +1,7 @@
 """Generic datasets: an image-folder tree ("folder") or CSV manifests ("csv"), and user eval sets.
 
-Also the helpers every file-backed builder shares: resolving ``data.root`` (local or gs://), checking
-``data.options`` against what a builder accepts, listing class-subfolder trees, and a stratified
-held-out split.
+Also the helpers every file-backed builder shares: resolving ``data.root`` (local or gs://), listing
+class-subfolder trees, and a stratified held-out split.
 
 Layouts (docs/datasets.md has the full text):
 
@@ -20,15 +19,18 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from autoft.config import AutoFTConfig, ConfigError
-from autoft.data.base import NO_GROUP, DataError, FileImages, save_file_split
-from autoft.data.registry import DatasetSplits, register_dataset
+from autoft.data.images import NO_GROUP, FileImages
+from autoft.data.manifests import DatasetSplits, save_file_split
 from autoft.data.templates import templates_for
-from autoft.storage import is_gcs
+from autoft.errors import ConfigError, DataError
+from autoft.urls import is_gcs
+
+if TYPE_CHECKING:
+    from autoft.config import AutoFTConfig
 
 log = logging.getLogger(__name__)
 
@@ -56,23 +58,6 @@ def resolve_root(root: str, dataset: str, how_to_stage: str) -> Path:
     if not path.is_dir():
         raise DataError(f"{dataset}: data.root {root!r} is not a folder (looked at {path.absolute()}). {how_to_stage}")
     return path.resolve()
-
-
-def dataset_options(config: AutoFTConfig, defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """``data.options`` over the builder's defaults; unknown keys fail with the allowed ones listed."""
-    unknown = sorted(set(config.data.options) - set(defaults))
-    if unknown:
-        allowed = ", ".join(sorted(defaults)) or "none"
-        raise ConfigError(
-            f"data.options: unknown keys {unknown} for dataset {config.data.dataset!r}; allowed: {allowed}"
-        )
-    return {**defaults, **config.data.options}
-
-
-def check_fraction(name: str, value: Any) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1:
-        raise ConfigError(f"data.options.{name} must be a number in (0, 1), got {value!r}")
-    return float(value)
 
 
 def is_image_file(name: str) -> bool:
@@ -287,9 +272,7 @@ def _splits_result(
     )
 
 
-@register_dataset("folder")
 def build_folder(config: AutoFTConfig, out_dir: Path) -> DatasetSplits:
-    dataset_options(config, {})
     root = resolve_root(config.data.root, "folder", FOLDER_HOW_TO)
     missing = [name for name in GENERIC_SPLITS.values() if not (root / name).is_dir()]
     if missing:
@@ -325,9 +308,7 @@ def _csv_class_names(root: Path) -> list[str]:
     return names
 
 
-@register_dataset("csv")
 def build_csv(config: AutoFTConfig, out_dir: Path) -> DatasetSplits:
-    dataset_options(config, {})
     root = resolve_root(config.data.root, "csv", CSV_HOW_TO)
     missing = [f"{name}.csv" for name in GENERIC_SPLITS.values() if not (root / f"{name}.csv").is_file()]
     if missing:

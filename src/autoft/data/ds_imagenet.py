@@ -9,8 +9,8 @@ Shifts with fewer classes than the model carry their logit projection in the man
 ``logit_indices`` (ImageNet-R and -A: 200 classes; the eval stage applies ``logits[:, indices]``) or
 ``logit_groups`` (ObjectNet: each of its 113 classes is one or more ImageNet classes, scored by the
 max logit of its group). The indices are computed from the folders present, not hard-coded, so any
-class subset works. ``logits_fn_from_manifest`` turns either field into the ``logits_fn`` that
-``evaluate.predict`` takes.
+class subset works. ``autoft.data.manifests.logits_fn_from_manifest`` turns either field into the
+``logits_fn`` that ``evaluate.predict`` takes.
 """
 
 from __future__ import annotations
@@ -19,81 +19,28 @@ import csv
 import json
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
-from autoft.config import AutoFTConfig, ConfigError
-from autoft.data.base import (
-    DataError,
-    FileImages,
-    LabeledImages,
-    _load_file_list,
-    read_manifest,
-    register_manifest_format,
-    save_file_split,
-)
-from autoft.data.ds_generic import (
-    check_fraction,
-    class_folders,
-    dataset_options,
-    resolve_root,
-    scan_class_tree,
-    stratified_holdout,
-    subset_files,
-)
-from autoft.data.registry import DatasetSplits, register_dataset
+from autoft.data.ds_generic import class_folders, resolve_root, scan_class_tree, stratified_holdout, subset_files
+from autoft.data.images import FileImages, LabeledImages
+from autoft.data.manifests import DatasetSplits, load_file_list, save_file_split
+from autoft.data.options import ImagenetOptions
 from autoft.data.templates import templates_for
-from autoft.storage import atomic_write_text
+from autoft.errors import DataError
+
+if TYPE_CHECKING:
+    from autoft.config import AutoFTConfig
 
 log = logging.getLogger(__name__)
 
-# The 15 corruptions of Hendrycks & Dietterich's benchmarks, shared by ImageNet-C and CIFAR-10-C.
-COMMON_CORRUPTIONS: tuple[str, ...] = (
-    "gaussian_noise",
-    "shot_noise",
-    "impulse_noise",
-    "defocus_blur",
-    "glass_blur",
-    "motion_blur",
-    "zoom_blur",
-    "snow",
-    "frost",
-    "fog",
-    "brightness",
-    "contrast",
-    "elastic_transform",
-    "pixelate",
-    "jpeg_compression",
-)
-IMAGENET_C_CORRUPTIONS = COMMON_CORRUPTIONS
-IMAGENET_SHIFTS: tuple[str, ...] = ("imagenet_v2", "imagenet_r", "imagenet_a", "imagenet_sketch", "objectnet")
-# Folder of each part under data.root: the names the official archives extract to.
-DEFAULT_DIRS: dict[str, str] = {
-    "train": "train",
-    "val": "val",
-    "imagenet_c": "imagenet-c",
-    "imagenet_v2": "imagenetv2-matched-frequency-format-val",
-    "imagenet_r": "imagenet-r",
-    "imagenet_a": "imagenet-a",
-    "imagenet_sketch": "sketch",
-    "objectnet": "objectnet-1.0",
-}
-DEFAULT_OPTIONS: dict[str, Any] = {
-    "shifts": list(IMAGENET_SHIFTS),
-    "imagenet_c_corruptions": list(IMAGENET_C_CORRUPTIONS),
-    "imagenet_c_severity": 5,
-    "id_val_fraction": 0.01,  # about 13 images per class, 12.8k in all
-    "split_seed": 0,
-    "objectnet_border_px": 2,
-    "dirs": {},
-}
 CLASS_NAME_FILES = ("classnames.txt", "LOC_synset_mapping.txt")
+IMAGENET_1K_CLASSES = 1000  # open_clip.IMAGENET_CLASSNAMES names exactly these, in sorted-WNID order
 VAL_SOLUTION_FILE = "LOC_val_solution.csv"  # Kaggle's ImageNet layout: flat val/ plus this CSV
 OBJECTNET_MAPPING_FILES = (
     "folder_to_objectnet_label.json",
@@ -109,73 +56,6 @@ HOW_TO_STAGE = (
     "-r ...`), and set data.root=DATA_ROOT, or set data.root=gs://BUCKET/imagenet to stage automatically; drop shifts "
     "you do not have from data.options.shifts and rename folders with data.options.dirs. See docs/datasets.md."
 )
-
-
-@dataclass
-class ImagenetOptions:
-    shifts: list[str]
-    corruptions: list[str]
-    severity: int
-    id_val_fraction: float
-    split_seed: int
-    objectnet_border_px: int
-    dirs: dict[str, str]
-
-
-def parse_options(config: AutoFTConfig) -> ImagenetOptions:
-    raw = dataset_options(config, DEFAULT_OPTIONS)
-    shifts = list(raw["shifts"])
-    unknown = [s for s in shifts if s not in IMAGENET_SHIFTS]
-    if unknown:
-        raise ConfigError(f"data.options.shifts: unknown {unknown}; allowed: {list(IMAGENET_SHIFTS)}")
-    corruptions = raw["imagenet_c_corruptions"]
-    if not corruptions or not all(isinstance(c, str) and c for c in corruptions):
-        raise ConfigError(f"data.options.imagenet_c_corruptions must be a non-empty list of names, got {corruptions!r}")
-    severity = raw["imagenet_c_severity"]
-    if not isinstance(severity, int) or isinstance(severity, bool) or not 1 <= severity <= 5:
-        raise ConfigError(f"data.options.imagenet_c_severity must be an integer 1..5, got {severity!r}")
-    border = raw["objectnet_border_px"]
-    if not isinstance(border, int) or isinstance(border, bool) or border < 0:
-        raise ConfigError(f"data.options.objectnet_border_px must be an integer >= 0, got {border!r}")
-    dirs = raw["dirs"]
-    if not isinstance(dirs, dict) or any(k not in DEFAULT_DIRS for k in dirs):
-        raise ConfigError(f"data.options.dirs may rename {sorted(DEFAULT_DIRS)}, got {dirs!r}")
-    return ImagenetOptions(
-        shifts=shifts,
-        corruptions=list(corruptions),
-        severity=severity,
-        id_val_fraction=check_fraction("id_val_fraction", raw["id_val_fraction"]),
-        split_seed=int(raw["split_seed"]),
-        objectnet_border_px=border,
-        dirs={**DEFAULT_DIRS, **dirs},
-    )
-
-
-# ----------------------------------------------------------------------------------------------
-# Logit projections (data in the manifest -> a function for evaluate.predict).
-# ----------------------------------------------------------------------------------------------
-
-
-def logits_fn_from_manifest(manifest: dict[str, Any]) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The projection from the model's logits to a shift's classes, or None when there is none.
-
-    ``logit_indices``: class k of the shift is model class ``indices[k]``. ``logit_groups``: class k
-    is the set ``groups[k]`` of model classes and scores as their max logit, so the arg-max over the
-    shift's classes is right exactly when the model's top class (among all grouped ones) is one of
-    the true class's members: the ObjectNet protocol of the WiSE-FT/FLYP evaluation.
-    """
-    if manifest.get("logit_indices") is not None:
-        index = torch.as_tensor(manifest["logit_indices"], dtype=torch.long)
-        return lambda logits: logits[:, index.to(logits.device)]
-    if manifest.get("logit_groups") is not None:
-        groups = manifest["logit_groups"]
-        if not groups or any(len(g) == 0 for g in groups):
-            raise DataError(f"manifest {manifest.get('name')!r}: logit_groups must be non-empty lists")
-        width = max(len(g) for g in groups)
-        # Pad each group with its own first member: repeating a member leaves the max unchanged.
-        padded = torch.as_tensor([list(g) + [g[0]] * (width - len(g)) for g in groups], dtype=torch.long)
-        return lambda logits: logits[:, padded.to(logits.device)].amax(dim=-1)
-    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -195,9 +75,8 @@ class CroppedFileImages(FileImages):
         return image
 
 
-@register_manifest_format(CROPPED_FORMAT)
-def _load_cropped(manifest: dict[str, Any], base: Path) -> LabeledImages:
-    plain = _load_file_list(manifest, base)
+def load_cropped_manifest(manifest: dict[str, Any], base: Path) -> LabeledImages:
+    plain = load_file_list(manifest, base)
     assert isinstance(plain, FileImages)
     return CroppedFileImages(
         paths=plain.paths,
@@ -211,10 +90,7 @@ def _load_cropped(manifest: dict[str, Any], base: Path) -> LabeledImages:
 
 def save_cropped_split(folder: Path, name: str, images: FileImages, border: int, **fields: Any) -> Path:
     """A file list in the CSV layout of ``save_file_split``, read back with ``border`` px cropped."""
-    path = save_file_split(folder, name, images, crop_border=border, **fields)
-    manifest = read_manifest(path)
-    manifest["format"] = CROPPED_FORMAT
-    return atomic_write_text(path, json.dumps(manifest, indent=1))
+    return save_file_split(folder, name, images, fmt=CROPPED_FORMAT, crop_border=border, **fields)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,45 +99,61 @@ def save_cropped_split(folder: Path, name: str, images: FileImages, border: int,
 
 
 def imagenet_class_names(root: Path, wnids: Sequence[str]) -> list[str]:
-    """Human-readable names in WNID order from ``classnames.txt`` or ``LOC_synset_mapping.txt``.
+    """Human-readable class names in WNID order.
 
-    ``classnames.txt``: ``<wnid> <name>`` lines, or one name per line in class order.
-    ``LOC_synset_mapping.txt`` (Kaggle): ``<wnid> <synonym>, <synonym>, ...``; the first synonym is used.
-    Without either file the WNIDs are the names, which makes zero-shot prompts meaningless: warned.
+    In order: the user's ``classnames.txt`` (``<wnid> <name>`` lines, or one name per line in class
+    order); for the full 1,000 classes, open_clip's ``IMAGENET_CLASSNAMES`` (the names CLIP's published
+    zero-shot numbers were measured with; WordNet's first synonyms would repeat "crane" and "maillot");
+    for a class subset, the first synonym of Kaggle's ``LOC_synset_mapping.txt``. Names from a file must
+    be distinct, or two classes would share one text embedding. (CLIP's own list names two pairs of
+    classes alike, "missile" and "sunglasses"; it is kept as published.)
     """
-    for file_name in CLASS_NAME_FILES:
-        path = root / file_name
-        if not path.is_file():
-            continue
-        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        pairs = [line.split(maxsplit=1) for line in lines]
-        if pairs and all(len(p) == 2 and _WNID.match(p[0]) for p in pairs):
-            # LOC_synset_mapping.txt lists synonyms; its first one is the common name.
-            first_synonym = file_name != "classnames.txt"
-            by_wnid = {wnid: (rest.split(",")[0] if first_synonym else rest).strip() for wnid, rest in pairs}
-            missing = [w for w in wnids if w not in by_wnid]
-            if missing:
-                raise DataError(f"{path} has no name for {len(missing)} training classes, e.g. {missing[:3]}")
-            return [by_wnid[w] for w in wnids]
-        if file_name == "classnames.txt" and len(lines) == len(wnids):
-            return lines
+    names = _names_from_file(root / CLASS_NAME_FILES[0], wnids, first_synonym=False)
+    if names is None and len(wnids) == IMAGENET_1K_CLASSES:
+        from open_clip import IMAGENET_CLASSNAMES
+
+        return list(IMAGENET_CLASSNAMES)
+    if names is None:
+        names = _names_from_file(root / CLASS_NAME_FILES[1], wnids, first_synonym=True)
+    if names is None:
+        log.warning("no %s in %s: class names are WNIDs, which zero-shot prompts cannot use", CLASS_NAME_FILES, root)
+        return list(wnids)
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
         raise DataError(
-            f"{path}: expected '<wnid> <name>' lines or {len(wnids)} names in class order, found {len(lines)} lines"
+            f"imagenet: the class names {repeated[:5]} name several classes, so their zero-shot prompts would be "
+            f"identical; give distinct names in {root / CLASS_NAME_FILES[0]} ('<wnid> <name>' lines)"
         )
-    log.warning("no %s in %s: class names are WNIDs, which zero-shot prompts cannot use", CLASS_NAME_FILES, root)
-    return list(wnids)
+    return names
+
+
+def _names_from_file(path: Path, wnids: Sequence[str], first_synonym: bool) -> list[str] | None:
+    if not path.is_file():
+        return None
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    pairs = [line.split(maxsplit=1) for line in lines]
+    if pairs and all(len(p) == 2 and _WNID.match(p[0]) for p in pairs):
+        by_wnid = {wnid: (rest.split(",")[0] if first_synonym else rest).strip() for wnid, rest in pairs}
+        missing = [w for w in wnids if w not in by_wnid]
+        if missing:
+            raise DataError(f"{path} has no name for {len(missing)} training classes, e.g. {missing[:3]}")
+        return [by_wnid[w] for w in wnids]
+    if not first_synonym and len(lines) == len(wnids):
+        return lines
+    raise DataError(f"{path}: expected '<wnid> <name>' lines or {len(wnids)} names in class order, found {len(lines)}")
 
 
 def _check_layout(root: Path, opts: ImagenetOptions) -> None:
     """Every folder the build will read, checked before listing a million files."""
-    dirs = opts.dirs
-    needed = [root / dirs["train"], root / dirs["val"]]
-    needed += [root / dirs["imagenet_c"] / c / str(opts.severity) for c in opts.corruptions]
+    needed = [root / opts.folder("train"), root / opts.folder("val")]
+    needed += [
+        root / opts.folder("imagenet_c") / c / str(opts.imagenet_c_severity) for c in opts.imagenet_c_corruptions
+    ]
     for shift in opts.shifts:
-        needed.append(root / dirs[shift])
+        needed.append(root / opts.folder(shift))
     missing = [str(p) for p in needed if not p.is_dir()]
-    if "objectnet" in opts.shifts and (root / dirs["objectnet"]).is_dir():
-        on = root / dirs["objectnet"]
+    if "objectnet" in opts.shifts and (root / opts.folder("objectnet")).is_dir():
+        on = root / opts.folder("objectnet")
         if not (on / "images").is_dir():
             missing.append(str(on / "images"))
         missing += [str(on / "mappings" / f) for f in OBJECTNET_MAPPING_FILES if not (on / "mappings" / f).is_file()]
@@ -304,9 +196,11 @@ def _imagenet_c(root: Path, opts: ImagenetOptions, wnid_index: dict[str, int], c
     paths: list[str] = []
     labels: list[np.ndarray] = []
     groups: list[np.ndarray] = []
-    for group, corruption in enumerate(opts.corruptions):
-        folder = root / opts.dirs["imagenet_c"] / corruption / str(opts.severity)
-        found, found_labels = scan_class_tree(folder, wnid_index, what=f"imagenet-c {corruption}/{opts.severity}")
+    for group, corruption in enumerate(opts.imagenet_c_corruptions):
+        folder = root / opts.folder("imagenet_c") / corruption / str(opts.imagenet_c_severity)
+        found, found_labels = scan_class_tree(
+            folder, wnid_index, what=f"imagenet-c {corruption}/{opts.imagenet_c_severity}"
+        )
         paths.extend(found)
         labels.append(found_labels)
         groups.append(np.full(len(found), group, dtype=np.int64))
@@ -315,7 +209,7 @@ def _imagenet_c(root: Path, opts: ImagenetOptions, wnid_index: dict[str, int], c
         labels=np.concatenate(labels),
         class_names=class_names,
         groups=np.concatenate(groups),
-        group_names=list(opts.corruptions),
+        group_names=list(opts.imagenet_c_corruptions),
     )
 
 
@@ -411,33 +305,33 @@ def _objectnet(folder: Path, num_classes: int) -> tuple[FileImages, list[list[in
 # ----------------------------------------------------------------------------------------------
 
 
-@register_dataset("imagenet")
 def build_imagenet(config: AutoFTConfig, out_dir: Path) -> DatasetSplits:
-    opts = parse_options(config)
+    opts = config.data.options
+    assert isinstance(opts, ImagenetOptions)  # the schema picks the options model by dataset
     root = resolve_root(config.data.root, "imagenet", HOW_TO_STAGE)
     _check_layout(root, opts)
     out_dir = Path(out_dir)
-    wnids = class_folders(root / opts.dirs["train"])
+    wnids = class_folders(root / opts.folder("train"))
     if not wnids:
-        raise DataError(f"imagenet: {root / opts.dirs['train']} has no class folders (train/<wnid>/<image>)")
+        raise DataError(f"imagenet: {root / opts.folder('train')} has no class folders (train/<wnid>/<image>)")
     wnid_index = {w: i for i, w in enumerate(wnids)}
     class_names = imagenet_class_names(root, wnids)
 
-    paths, labels = scan_class_tree(root / opts.dirs["train"], wnid_index, what="imagenet train")
+    paths, labels = scan_class_tree(root / opts.folder("train"), wnid_index, what="imagenet train")
     train = FileImages(paths=paths, labels=labels, class_names=class_names)
     kept, held_out = stratified_holdout(train.labels, opts.id_val_fraction, opts.split_seed)
     save_file_split(out_dir, "id_train", subset_files(train, kept))
     save_file_split(out_dir, "id_val", subset_files(train, held_out), held_out_of="train", split_seed=opts.split_seed)
-    save_file_split(out_dir, "id_test", _val_split(root, root / opts.dirs["val"], wnid_index, class_names))
+    save_file_split(out_dir, "id_test", _val_split(root, root / opts.folder("val"), wnid_index, class_names))
     save_file_split(
         out_dir,
         "ood_val_source",
         _imagenet_c(root, opts, wnid_index, class_names),
-        corruptions=opts.corruptions,
-        severity=opts.severity,
+        corruptions=opts.imagenet_c_corruptions,
+        severity=opts.imagenet_c_severity,
     )
     for shift in opts.shifts:
-        folder = root / opts.dirs[shift]
+        folder = root / opts.folder(shift)
         if shift == "imagenet_v2":
             save_file_split(out_dir, shift, _imagenet_v2(folder, wnid_index, class_names))
         elif shift in ("imagenet_r", "imagenet_a"):
@@ -456,7 +350,7 @@ def build_imagenet(config: AutoFTConfig, out_dir: Path) -> DatasetSplits:
         class_names=class_names,
         templates=templates_for("imagenet"),
         manifests=manifests,
-        ood_val_set=f"imagenet_c_severity{opts.severity}",
+        ood_val_set=f"imagenet_c_severity{opts.imagenet_c_severity}",
         ood_tests=list(opts.shifts),
         extra={"wnids": wnids},
     )

@@ -29,15 +29,15 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from autoft.config import AutoFTConfig
-from autoft.data.base import NO_GROUP, DataError, LabeledImages, SubsetImages, register_manifest_format, write_manifest
-from autoft.data.ds_generic import dataset_options, resolve_root
-from autoft.data.registry import DatasetSplits, register_dataset
+from autoft.data.ds_generic import resolve_root
+from autoft.data.images import NO_GROUP, LabeledImages, SubsetImages
+from autoft.data.manifests import DatasetSplits, write_manifest
 from autoft.data.templates import templates_for
 from autoft.data.wilds_compat import import_wilds
+from autoft.errors import DataError
 
-if TYPE_CHECKING:  # evaluate pulls in sklearn and the loaders; builders do not need them at import
-    from autoft.evaluate import Predictions
+if TYPE_CHECKING:
+    from autoft.config import AutoFTConfig
 
 log = logging.getLogger(__name__)
 
@@ -185,16 +185,19 @@ class WildsImages(LabeledImages):
 
 
 def _groups_for(dataset: Any, name: str, indices: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """FMoW's region of each example through WILDS' own CombinatorialGrouper (the one its eval uses)."""
     if name != "fmow":
         return np.full(len(indices), NO_GROUP, dtype=np.int64), []
-    regions = list(dataset.metadata_map["region"])
-    field = dataset.metadata_fields.index("region")
-    groups = dataset.metadata_array[indices, field].numpy().astype(np.int64)
-    # WILDS skips every region whose name contains "Other" when it takes the worst region.
-    for region_id, region in enumerate(regions):
-        if OTHER_REGION in str(region):
-            groups[groups == region_id] = NO_GROUP
-    return groups, [str(r) for r in regions]
+    from wilds.common.grouper import CombinatorialGrouper
+
+    grouper = CombinatorialGrouper(dataset, ["region"])
+    groups = grouper.metadata_to_group(dataset.metadata_array[torch.as_tensor(indices)]).numpy().astype(np.int64)
+    names = [grouper.group_str(g).removeprefix("region = ") for g in range(grouper.n_groups)]
+    # WILDS leaves every region named like "Other" out of acc_worst_region; so do we.
+    for group_id, region in enumerate(names):
+        if OTHER_REGION in region:
+            groups[groups == group_id] = NO_GROUP
+    return groups, names
 
 
 def split_images(dataset: Any, name: str, root_dir: str | Path, split: str, class_names: list[str]) -> WildsImages:
@@ -208,8 +211,7 @@ def split_images(dataset: Any, name: str, root_dir: str | Path, split: str, clas
     return WildsImages(name, str(root_dir), split, indices, labels, groups, class_names, group_names)
 
 
-@register_manifest_format(WILDS_FORMAT)
-def _load_wilds(manifest: dict[str, Any], base: Path) -> LabeledImages:
+def load_wilds_manifest(manifest: dict[str, Any], base: Path) -> LabeledImages:
     del base  # WILDS roots are stored absolute: the data stays where it was staged
     name = manifest.get("dataset")
     if name not in SPECS:
@@ -273,7 +275,6 @@ def _check_images(images: WildsImages) -> None:
 
 def build_wilds(name: str, config: AutoFTConfig, out_dir: Path) -> DatasetSplits:
     spec = SPECS[name]
-    dataset_options(config, {})
     root_dir = wilds_root_dir(resolve_root(config.data.root, name, how_to_stage(spec)), spec)
     dataset = open_wilds_dataset(name, root_dir)
     if name == "iwildcam":
@@ -308,12 +309,10 @@ def build_wilds(name: str, config: AutoFTConfig, out_dir: Path) -> DatasetSplits
     )
 
 
-@register_dataset("iwildcam")
 def build_iwildcam(config: AutoFTConfig, out_dir: Path) -> DatasetSplits:
     return build_wilds("iwildcam", config, out_dir)
 
 
-@register_dataset("fmow")
 def build_fmow(config: AutoFTConfig, out_dir: Path) -> DatasetSplits:
     return build_wilds("fmow", config, out_dir)
 
@@ -334,19 +333,25 @@ def _wilds_source(images: LabeledImages) -> tuple[WildsImages, np.ndarray]:
     return images, positions
 
 
-def wilds_official_metrics(images: LabeledImages, pred: Predictions) -> dict[str, float]:
+def is_wilds_split(images: LabeledImages) -> bool:
+    while isinstance(images, SubsetImages):
+        images = images.parent
+    return isinstance(images, WildsImages)
+
+
+def wilds_official_metrics(images: LabeledImages, labels: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     """WILDS' own ``dataset.eval`` on our predictions for a WILDS split (in the split's order).
 
     Returns every number WILDS reports (e.g. ``F1-macro_all`` for iWildCam, ``acc_worst_region`` for
-    FMoW) as floats, so results can quote the official metric next to ours.
+    FMoW) as floats; the evaluate stage reports the headline metric from here.
     """
     source, positions = _wilds_source(images)
-    if len(pred.labels) != len(positions):
-        raise ValueError(f"{len(pred.labels)} predictions for a split of {len(positions)} examples")
+    if len(labels) != len(positions):
+        raise ValueError(f"{len(labels)} predictions for a split of {len(positions)} examples")
     indices = torch.as_tensor(source.dataset_indices[positions])
     dataset = source.wilds_dataset
     y_true = dataset.y_array[indices]
-    if not np.array_equal(y_true.numpy(), pred.labels):
+    if not np.array_equal(y_true.numpy(), labels):
         raise ValueError("the predictions' labels differ from the WILDS split's: predictions are not in split order")
-    results, _ = dataset.eval(torch.as_tensor(pred.predicted), y_true, dataset.metadata_array[indices])
+    results, _ = dataset.eval(torch.as_tensor(predicted), y_true, dataset.metadata_array[indices])
     return {key: float(value) for key, value in results.items()}

@@ -23,11 +23,10 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, ImageDraw
-from scipy import ndimage
 
 NUM_SEVERITIES = 5
 ShiftFn = Callable[[np.ndarray, float, np.random.Generator], np.ndarray]
@@ -68,6 +67,13 @@ def _as_batch(images: np.ndarray) -> tuple[np.ndarray, bool]:
     if images.ndim == 4 and images.shape[-1] == 3:
         return images.astype(np.float32), False
     raise ShiftError(f"shifts take [H, W, 3] or [N, H, W, 3] images, got shape {images.shape}")
+
+
+def _ndimage() -> Any:
+    # scipy.ndimage takes 0.4 s to import; the config schema reads this module's table of names.
+    from scipy import ndimage
+
+    return ndimage
 
 
 def _to_uint8(batch: np.ndarray) -> np.ndarray:
@@ -113,7 +119,7 @@ def gaussian_noise(batch: np.ndarray, sigma: float, rng: np.random.Generator) ->
 
 def gaussian_blur(batch: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
     del rng  # deterministic
-    return ndimage.gaussian_filter(batch, sigma=(0, sigma, sigma, 0), mode="nearest")
+    return _ndimage().gaussian_filter(batch, sigma=(0, sigma, sigma, 0), mode="nearest")
 
 
 def pixelate(batch: np.ndarray, size: float, rng: np.random.Generator) -> np.ndarray:
@@ -159,7 +165,7 @@ def invert(batch: np.ndarray, amount: float, rng: np.random.Generator) -> np.nda
 def thick(batch: np.ndarray, radius: float, rng: np.random.Generator) -> np.ndarray:
     """Thicker strokes: grey dilation with a disk of ``radius`` pixels."""
     del rng
-    return ndimage.grey_dilation(batch, footprint=_disk(radius), mode="constant", cval=0.0)
+    return _ndimage().grey_dilation(batch, footprint=_disk(radius), mode="constant", cval=0.0)
 
 
 def thin(batch: np.ndarray, width: float, rng: np.random.Generator) -> np.ndarray:
@@ -171,8 +177,8 @@ def thin(batch: np.ndarray, width: float, rng: np.random.Generator) -> np.ndarra
     """
     del rng
     whole, fraction = int(np.floor(width)), float(width - np.floor(width))
-    lower = ndimage.grey_erosion(batch, footprint=_disk(whole), mode="nearest") if whole else batch
-    upper = ndimage.grey_erosion(batch, footprint=_disk(whole + 1), mode="nearest")
+    lower = _ndimage().grey_erosion(batch, footprint=_disk(whole), mode="nearest") if whole else batch
+    upper = _ndimage().grey_erosion(batch, footprint=_disk(whole + 1), mode="nearest")
     eroded = (1 - fraction) * lower + fraction * upper
     peak = batch.max(axis=(1, 2, 3), keepdims=True)
     eroded_peak = np.maximum(eroded.max(axis=(1, 2, 3), keepdims=True), 1.0)
@@ -185,7 +191,7 @@ def outline(batch: np.ndarray, hollowness: float, rng: np.random.Generator) -> n
     ``hollowness`` is the share of the fill replaced: 1.0 leaves only the outline.
     """
     del rng
-    ring = ndimage.grey_dilation(batch, footprint=_disk(1.0)) - ndimage.grey_erosion(batch, footprint=_disk(1.0))
+    ring = _ndimage().grey_dilation(batch, footprint=_disk(1.0)) - _ndimage().grey_erosion(batch, footprint=_disk(1.0))
     ring = np.clip(ring * 1.5, 0, 255)  # the ring is weaker than the ink it came from
     return (1 - hollowness) * batch + hollowness * ring
 
@@ -195,7 +201,7 @@ def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     kind = rng.integers(3)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     if kind == 0:
-        blobs = ndimage.gaussian_filter(rng.normal(size=(height, width)), sigma=rng.uniform(1.5, 3.5))
+        blobs = _ndimage().gaussian_filter(rng.normal(size=(height, width)), sigma=rng.uniform(1.5, 3.5))
         return (blobs - blobs.min()) / max(float(np.ptp(blobs)), 1e-6)
     if kind == 1:
         angle, period = rng.uniform(0, np.pi), rng.uniform(3, 8)

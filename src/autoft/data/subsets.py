@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from autoft.data.base import DataError
+from autoft.errors import DataError
 
 
 def ood_val_indices(labels: np.ndarray, size: int, seed: int, class_balanced: bool = False) -> np.ndarray:

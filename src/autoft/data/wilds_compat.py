@@ -1,6 +1,6 @@
 """Import ``wilds`` safely: no background web call, and FMoW evaluation without building torch_scatter.
 
-Two facts about wilds 2.0 (DESIGN.md):
+Two facts about wilds 2.0, learned the hard way:
 
 - ``import wilds`` runs ``wilds/version.py``, which does ``from outdated import check_outdated`` inside
   ``try/except ImportError`` and, when that import works, starts a thread that asks PyPI whether wilds

@@ -14,15 +14,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from autoft.storage import atomic_path, atomic_write_text
+from autoft.atomic import atomic_path, atomic_write_text
+from autoft.errors import CheckpointError
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model_card.json"
 CARD_SCHEMA = "autoft.model_card/v1"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt or does not fit the model; the message names the file."""
 
 
 def save_state_dict(state: dict[str, torch.Tensor], path: Path) -> Path:

@@ -1,9 +1,10 @@
 """The zero-shot CLIP classifier: the image tower plus a linear head built from class-name prompts.
 
 Head rows are the averaged, L2-normalised text embeddings of every template filled with each class
-name, renormalised and scaled by CLIP's logit scale, so the initial logits equal CLIP's zero-shot
-logits. Two head modes (AUTOFT.md): ``linear`` trains this head; ``text`` keeps it frozen during
-training and rebuilds it from the fine-tuned text tower before evaluation (FLYP-style).
+name, renormalised (open_clip's ``build_zero_shot_classifier``) and scaled by CLIP's logit scale, so
+the initial logits equal CLIP's zero-shot logits. Two head modes (docs/method.md): ``linear`` trains
+this head; ``text`` keeps it frozen during training and rebuilds it from the fine-tuned text tower
+before evaluation (FLYP-style).
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoft.models.checkpoint import CheckpointError, load_state_dict_file, read_model_card, save_classifier
+from autoft.errors import CheckpointError
+from autoft.models.checkpoint import load_state_dict_file, read_model_card, save_classifier
 from autoft.models.factory import ClipBundle, ImageSpec, create_clip
 
 
@@ -73,12 +76,13 @@ class CLIPClassifier(nn.Module):
         """[classes, dim] head weights from the current text tower, scaled by the logit scale."""
         was_training = self.clip.training
         self.clip.eval()
-        rows = []
-        for name in self.class_names:
-            features = self.encode_texts([fill_template(t, name) for t in self.templates])
-            rows.append(F.normalize(features.mean(dim=0), dim=-1))
+        # Callables, not format strings: our templates use a named '{c}' slot and real prompts hold braces.
+        templates = [lambda name, template=template: fill_template(template, name) for template in self.templates]
+        weights = open_clip.build_zero_shot_classifier(
+            self.clip, self.tokenizer, self.class_names, templates, device=self.head.weight.device
+        )
         self.clip.train(was_training)
-        return torch.stack(rows) * self.logit_scale
+        return weights.T * self.logit_scale
 
     @torch.no_grad()
     def refresh_text_head(self) -> None:

@@ -18,8 +18,9 @@ import open_clip
 import torch
 from torch import nn
 
-from autoft.models.checkpoint import CheckpointError, load_state_dict_file
-from autoft.storage import is_gcs
+from autoft.errors import CheckpointError
+from autoft.models.checkpoint import load_state_dict_file
+from autoft.urls import is_gcs
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)

@@ -41,11 +41,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from autoft.atomic import atomic_write_text
 from autoft.data.ds_digits import CLASS_NAMES, PRETRAIN_POOL_FRACTION, load_digit_images, pretraining_pool_indices
 from autoft.data.shifts import NUM_SEVERITIES, SHIFTS, apply_shift
 from autoft.models.checkpoint import save_state_dict
 from autoft.models.factory import ClipBundle, create_clip
-from autoft.storage import atomic_write_text
 
 FOUNDATION_MODEL_NAME = "autoft-tiny-vit"
 # Bump when the CODE of the recipe changes meaning in a way its fields do not show (e.g. a new

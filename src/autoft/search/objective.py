@@ -8,7 +8,7 @@ from collections.abc import Callable
 import optuna
 import torch
 
-from autoft.data.base import LabeledImages
+from autoft.data.images import LabeledImages
 from autoft.data.loaders import BatchStream
 from autoft.evaluate import metric_value, predict
 from autoft.models.classifier import CLIPClassifier

@@ -29,9 +29,10 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from autoft.config import SearchConfig
-from autoft.hparams import Hyperparams, NonFiniteLossError
+from autoft.errors import NonFiniteLossError, SearchFailed
+from autoft.hparams import Hyperparams
 from autoft.search.space import trial_hparams
-from autoft.storage import database_url, redact_url
+from autoft.urls import database_url, is_rdb_url, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +43,10 @@ ERROR_ATTR = "error"  # user attr: the objective raised, so the trial is a failu
 ADMITTED_ATTR = "admitted"  # user attr: the trial's own number once it passed the budget gate
 MAX_RETRY = 1
 RETRY_WINDOW_SECONDS = 60.0
-RDB_PREFIXES = ("sqlite:", "postgresql", "mysql", "oracle", "mssql")
 
 
 class BudgetExhausted(RuntimeError):
     """This trial is beyond the total budget; it ends without evaluating anything."""
-
-
-class SearchFailed(RuntimeError):
-    """Too many trials failed; the search stops instead of spinning."""
-
-
-def is_rdb_url(storage: str) -> bool:
-    return storage.startswith(RDB_PREFIXES)
 
 
 def open_storage(storage: str, config: SearchConfig) -> BaseStorage:
@@ -93,7 +85,7 @@ def open_storage(storage: str, config: SearchConfig) -> BaseStorage:
 def make_sampler(config: SearchConfig, worker_index: int = 0) -> optuna.samplers.TPESampler:
     # Workers get distinct seeds, or they would propose the same points in lockstep.
     return optuna.samplers.TPESampler(
-        seed=config.seed + worker_index,
+        seed=(config.seed or 0) + worker_index,  # None (derive from the root seed) is resolved by search_for
         multivariate=config.multivariate,
         constant_liar=config.constant_liar,
     )
@@ -116,6 +108,18 @@ def create_or_load_study(storage: str, config: SearchConfig, worker_index: int =
     if "n_trials" not in study.user_attrs:
         study.set_user_attr("n_trials", config.n_trials)
     return study
+
+
+def load_existing_study(storage: str, config: SearchConfig) -> optuna.Study:
+    """The study a search created, or a clear error: reading one must never create an empty study."""
+    if "://" not in storage and not Path(storage).is_file():
+        raise SearchFailed(f"no study at {storage}: the journal file does not exist; check the storage path")
+    try:
+        return optuna.load_study(study_name=config.study_name, storage=open_storage(storage, config))
+    except KeyError:
+        raise SearchFailed(
+            f"no study named {config.study_name!r} in {redact_url(storage)}; check the storage and the study name"
+        ) from None
 
 
 ORPHANED_ATTR = "orphaned"

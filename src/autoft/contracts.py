@@ -1,0 +1,211 @@
+"""Every JSON file one step writes and another reads, as a typed, versioned model.
+
+The prepared-data index, a search's result, a fine-tuning summary, one evaluation, and results.json.
+Steps may run on different machines and versions of the code: each file names its schema version,
+and a reader refuses a file of another version (or a malformed one) with a message naming the file,
+instead of failing later on a missing key.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+
+from autoft.atomic import atomic_write_text
+from autoft.errors import DataError
+from autoft.hparams import Hyperparams
+
+VALIDATION_SPLITS = ("id_val", "ood_val")
+
+
+class Contract(BaseModel):
+    """A step's JSON output: ``save`` writes it atomically with its schema, ``load`` checks both."""
+
+    model_config = ConfigDict(extra="forbid")
+    SCHEMA: ClassVar[str]
+
+    def to_json(self) -> str:
+        return json.dumps({"schema": self.SCHEMA, **self.model_dump(mode="json")}, indent=1)
+
+    def save(self, path: str | Path) -> Path:
+        return atomic_write_text(Path(path), self.to_json())
+
+    @classmethod
+    def parse(cls, payload: Any, source: str) -> Self:
+        if not isinstance(payload, dict):
+            raise DataError(f"{source}: expected a JSON object of schema {cls.SCHEMA}")
+        found = payload.get("schema")
+        if found != cls.SCHEMA:
+            raise DataError(
+                f"{source}: schema {found!r}, expected {cls.SCHEMA!r}; it was written by another version of "
+                "autoft or by another step: re-run the step that writes it"
+            )
+        try:
+            return cls.model_validate({k: v for k, v in payload.items() if k != "schema"})
+        except ValidationError as error:
+            raise DataError(f"{source} is not a valid {cls.SCHEMA} file: {error}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> Self:
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path} not found: run the step that writes it ({cls.SCHEMA}) first")
+        try:
+            payload = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise DataError(f"{path} is not valid JSON: {error}") from None
+        return cls.parse(payload, str(path))
+
+
+class PreparedData(Contract):
+    """``data.json``: the prepare step's index of split manifests (paths relative to its folder)."""
+
+    SCHEMA: ClassVar[str] = "autoft.data/v1"
+    INDEX: ClassVar[str] = "data.json"
+
+    dataset: str
+    class_names: list[str]
+    templates: list[str]
+    splits: dict[str, str]
+    ood_val_set: str
+    ood_tests: list[str]
+    ood_val_indices_hash: str
+    extra: dict[str, Any] = Field(default_factory=dict)
+    _folder: Path = PrivateAttr(default=Path("."))
+
+    @property
+    def folder(self) -> Path:
+        return self._folder
+
+    def manifest(self, split: str) -> Path:
+        if split not in self.splits:
+            raise DataError(f"no split {split!r} in {self._folder / self.INDEX}; have {sorted(self.splits)}")
+        return self._folder / self.splits[split]
+
+    @property
+    def eval_sets(self) -> list[str]:
+        """Every split a run evaluates: the ID splits, the search's OOD-val, then each OOD test shift."""
+        return ["id_val", "id_test", "ood_val", *self.ood_tests]
+
+    def save_in(self, folder: str | Path) -> Path:
+        self._folder = Path(folder)
+        return self.save(self._folder / self.INDEX)
+
+    @classmethod
+    def load_from(cls, folder: str | Path) -> PreparedData:
+        folder = Path(folder)
+        if not (folder / cls.INDEX).is_file():
+            raise DataError(f"no {cls.INDEX} in {folder}: run `autoft step prepare` (or the prepare step) first")
+        prepared = cls.load(folder / cls.INDEX)
+        prepared._folder = folder
+        return prepared
+
+
+class TrialRecord(BaseModel):
+    number: int
+    state: str
+    value: float | None
+    params: dict[str, Any]
+
+
+class SearchResult(Contract):
+    """A searched method's best hyperparameters and its study's trials (the select-best step's output)."""
+
+    SCHEMA: ClassVar[str] = "autoft.search/v1"
+
+    method: str
+    hparams: Hyperparams
+    best_value: float
+    best_trial: int
+    trials_complete: int
+    storage: str = Field(description="the study's storage, password redacted")
+    study_name: str
+    seconds: float = Field(0.0, description="first trial's start to the last one's end")
+    trials: list[TrialRecord] = Field(default_factory=list)
+
+
+class EpochRecord(BaseModel):
+    epoch: int
+    train_loss: float
+    id_val: float
+    lr: float
+    terms: dict[str, float] = Field(default_factory=dict)
+
+
+class WiseFTChoice(BaseModel):
+    alphas: list[float]
+    id_val: list[float]
+    best_alpha: float
+
+
+class FinetuneSummary(Contract):
+    """What the fine-tune step did: the hyperparameters, each epoch, the kept epoch and the WiSE-FT alpha."""
+
+    SCHEMA: ClassVar[str] = "autoft.finetune/v1"
+    FILE: ClassVar[str] = "finetune.json"
+
+    method: str
+    hparams: Hyperparams
+    best_epoch: int
+    best_id_val: float
+    peak_lr: float
+    history: list[EpochRecord]
+    wiseft: WiseFTChoice
+    seconds: float = 0.0
+
+
+class ModelEval(BaseModel):
+    metrics: dict[str, float]
+    value: float = Field(description="the run's metric (config.metric), the number reports show")
+    confusion: list[list[int]]
+
+
+class EvalResult(Contract):
+    """Every method's model on one eval set; WiSE-FT methods' alpha curves on the test splits."""
+
+    SCHEMA: ClassVar[str] = "autoft.eval/v1"
+
+    eval_set: str
+    metric: str
+    models: dict[str, ModelEval]
+    wiseft_curves: dict[str, dict[str, float]] = Field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class MethodResult(BaseModel):
+    id_val: float
+    id_test: float
+    ood: dict[str, float]
+    ood_avg: float | None = Field(description="mean over the OOD test shifts; None when the data has none")
+    hparams: Hyperparams | None = None
+    wiseft_alpha: float | None = None
+
+
+class SearchSummary(BaseModel):
+    trials_complete: int
+    best_value: float
+    storage: str
+
+
+class CurvePoint(BaseModel):
+    id_test: float
+    ood_avg: float | None
+
+
+class Results(Contract):
+    """``results.json``: the run's table (fractions in [0, 1]), searches, WiSE-FT curves and timing."""
+
+    SCHEMA: ClassVar[str] = "autoft.results/v2"
+    FILE: ClassVar[str] = "results.json"
+
+    preset: str
+    metric: str
+    ood_val_set: str
+    ood_val_indices_hash: str = ""
+    methods: dict[str, MethodResult]
+    search: dict[str, SearchSummary] = Field(default_factory=dict)
+    wiseft_curves: dict[str, dict[str, CurvePoint]] = Field(default_factory=dict)
+    timing_s: dict[str, float] = Field(default_factory=dict)

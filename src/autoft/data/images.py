@@ -1,0 +1,141 @@
+"""Labeled image collections: what a split holds once its manifest is loaded.
+
+A collection has ``len``, ``image(i)`` (a PIL image or a uint8 HWC array), ``labels``, ``groups`` and
+its class names. Large data stays where it is: file-backed collections decode on demand, and
+:class:`TransformedImages` turns any of them into a torch Dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from autoft.errors import DataError
+
+NO_GROUP = -1
+
+
+class LabeledImages(ABC):
+    """Base class: ``len``, ``image(i)`` (PIL image or uint8 HWC array), ``labels``, ``groups``."""
+
+    class_names: list[str]
+    labels: np.ndarray
+    groups: np.ndarray
+    group_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @abstractmethod
+    def image(self, index: int) -> Image.Image | np.ndarray:
+        """The decoded image at ``index``."""
+
+    def subset(self, indices: Sequence[int]) -> LabeledImages:
+        return SubsetImages(self, np.asarray(indices, dtype=np.int64))
+
+    def _check(self) -> None:
+        if len(self.labels) == 0:
+            raise DataError("empty split: no examples")
+        if self.labels.min() < 0 or self.labels.max() >= len(self.class_names):
+            raise DataError(
+                f"labels out of range [0, {len(self.class_names)}): min {self.labels.min()}, max {self.labels.max()}"
+            )
+        if len(self.groups) != len(self.labels):
+            raise DataError(f"{len(self.groups)} group ids for {len(self.labels)} labels")
+
+
+@dataclass
+class ArrayImages(LabeledImages):
+    """Images held in memory as a uint8 array [N, H, W, 3] (small benchmarks, CIFAR)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    groups: np.ndarray = field(default=None)  # type: ignore[assignment]
+    group_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if self.groups is None:
+            self.groups = np.full(len(self.labels), NO_GROUP, dtype=np.int64)
+        self.groups = np.asarray(self.groups, dtype=np.int64)
+        if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[-1] != 3:
+            raise DataError(f"images must be uint8 [N, H, W, 3], got {self.images.dtype} {self.images.shape}")
+        if len(self.images) != len(self.labels):
+            raise DataError(f"{len(self.images)} images but {len(self.labels)} labels")
+        self._check()
+
+    def image(self, index: int) -> np.ndarray:
+        return self.images[index]
+
+
+@dataclass
+class FileImages(LabeledImages):
+    """Images read from files on demand (image folders, CSV manifests, ImageNet-style trees)."""
+
+    paths: list[str]
+    labels: np.ndarray
+    class_names: list[str]
+    groups: np.ndarray = field(default=None)  # type: ignore[assignment]
+    group_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if self.groups is None:
+            self.groups = np.full(len(self.labels), NO_GROUP, dtype=np.int64)
+        self.groups = np.asarray(self.groups, dtype=np.int64)
+        if len(self.paths) != len(self.labels):
+            raise DataError(f"{len(self.paths)} paths but {len(self.labels)} labels")
+        self._check()
+
+    def image(self, index: int) -> Image.Image:
+        path = self.paths[index]
+        try:
+            with Image.open(path) as img:
+                return img.convert("RGB")
+        except (OSError, ValueError) as error:
+            raise DataError(f"cannot read image {path}: {error}") from None
+
+
+class SubsetImages(LabeledImages):
+    def __init__(self, parent: LabeledImages, indices: np.ndarray) -> None:
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(parent)):
+            raise DataError(f"subset indices out of range for a split of {len(parent)} examples")
+        self.parent = parent
+        self.indices = indices
+        self.class_names = parent.class_names
+        self.group_names = parent.group_names
+        self.labels = parent.labels[indices]
+        self.groups = parent.groups[indices]
+
+    def image(self, index: int) -> Image.Image | np.ndarray:
+        return self.parent.image(int(self.indices[index]))
+
+
+class TransformedImages(Dataset):
+    """A torch Dataset yielding ``(image_tensor, label, group)`` through a transform."""
+
+    def __init__(self, images: LabeledImages, transform: Callable[[Any], torch.Tensor]) -> None:
+        self.images = images
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        image = self.images.image(index)
+        if isinstance(image, np.ndarray):
+            image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        return self.transform(image), int(self.images.labels[index]), int(self.images.groups[index])
+
+
+def indices_hash(indices: Sequence[int]) -> str:
+    return hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()[:16]

@@ -1,0 +1,65 @@
+"""results.json and the human report from typed step outputs, including runs without OOD test shifts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from autoft.contracts import CurvePoint, MethodResult, Results, SearchResult, TrialRecord
+from autoft.hparams import Hyperparams
+from autoft.report import format_table, write_report
+
+
+def _results(with_shifts: bool) -> Results:
+    def row(id_test: float, ood: float) -> MethodResult:
+        shifts = {"invert": ood, "thick": ood + 0.1} if with_shifts else {}
+        return MethodResult(
+            id_val=id_test,
+            id_test=id_test,
+            ood=shifts,
+            ood_avg=sum(shifts.values()) / len(shifts) if shifts else None,
+            hparams=Hyperparams({"ce": 1.0}, 1e-4, 0.1),
+        )
+
+    curve = {"0.00": CurvePoint(id_test=0.5, ood_avg=0.4 if with_shifts else None)}
+    return Results(
+        preset="p",
+        metric="accuracy",
+        ood_val_set="colorize",
+        methods={"zeroshot": row(0.5, 0.4), "ft": row(0.9, 0.5)},
+        wiseft_curves={"ft": {**curve, "1.00": CurvePoint(id_test=0.9, ood_avg=0.55 if with_shifts else None)}},
+    )
+
+
+def _search() -> dict[str, SearchResult]:
+    trials = [TrialRecord(number=i, state="COMPLETE", value=0.1 * i, params={"lr": 1e-4}) for i in range(3)]
+    result = SearchResult(
+        method="ft",
+        hparams=Hyperparams({"ce": 1.0}, 1e-4, 0.1),
+        best_value=0.2,
+        best_trial=2,
+        trials_complete=3,
+        storage="s",
+        study_name="autoft-ft",
+        trials=trials,
+    )
+    return {"ft": result}
+
+
+def test_table_and_report_with_shifts(tmp_path: Path) -> None:
+    results = _results(with_shifts=True)
+    table = format_table(results)
+    assert table.splitlines()[0] == "| method | ID val | ID test | invert | thick | OOD avg |"
+    assert "| ft | 90.0 | 90.0 | 50.0 | 60.0 | 55.0 |" in table
+    paths = write_report(results, _search(), tmp_path)
+    assert {"results", "markdown", "html", "ID vs OOD", "Search history"} <= set(paths)
+    assert Results.load(tmp_path / "results.json") == results
+    assert "data:image/png;base64," in (tmp_path / "report.html").read_text()
+
+
+def test_a_run_without_ood_shifts_reports_dashes_and_skips_the_scatter(tmp_path: Path) -> None:
+    results = _results(with_shifts=False)
+    assert "| ft | 90.0 | 90.0 | - |" in format_table(results)
+    paths = write_report(results, _search(), tmp_path)
+    assert "ID vs OOD" not in paths and not (tmp_path / "plots" / "id_vs_ood.png").exists()
+    assert "Search history" in paths
+    assert Results.load(tmp_path / "results.json").methods["ft"].ood_avg is None
