@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from autoft.config import AutoFTConfig, resolve_config
 from autoft.errors import ConfigError
-from autoft.urls import is_rdb_url, url_password
+from autoft.urls import is_rdb_url, redact_url, url_password
 
 if TYPE_CHECKING:
     from autoft.contracts import Results
@@ -70,13 +70,31 @@ def url_has_password(url: str) -> bool:
     return url_password(url) is not None
 
 
+SECRET_HOMES = {
+    "search.storage": f"the secret autoft-pipeline-env as {STUDY_STORAGE_ENV}",
+    "study_storage": f"the secret autoft-pipeline-env as {STUDY_STORAGE_ENV}",
+    "tracking.mlflow_uri": "the ConfigMap autoft-pipeline-config (MLFLOW_TRACKING_URI, without the password) plus "
+    "the secret autoft-mlflow-auth (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)",
+}
+SECRET_HOMES["mlflow_tracking_uri"] = SECRET_HOMES["tracking.mlflow_uri"]
+
+
+def refuse_visible_passwords(found: list[tuple[str, str]]) -> None:
+    """Pipeline parameters (the config YAML is one) are stored and shown by Kubeflow: no password may be in them."""
+    if not found:
+        return
+    where, url = found[0]
+    home = SECRET_HOMES.get(where, "a Kubernetes secret the steps read as an environment variable")
+    others = f" (also: {', '.join(key for key, _ in found[1:])})" if len(found) > 1 else ""
+    raise ConfigError(
+        f"{where} holds a URL with a password ({url}){others}; pipeline parameters are visible in the Kubeflow UI "
+        f"and its database. Leave {where} empty and put the URL in {home} (docs/kubeflow.md)"
+    )
+
+
 def _refuse_visible_password(value: str, where: str) -> None:
-    # Pipeline parameters (and the config YAML, which is one) are stored and shown by Kubeflow.
     if url_has_password(value):
-        raise ConfigError(
-            f"{where} holds a URL with a password; pipeline parameters are visible in the Kubeflow UI. Put the "
-            f"URL in the secret autoft-pipeline-env ({STUDY_STORAGE_ENV}) and leave {where} empty"
-        )
+        refuse_visible_passwords([(where, redact_url(value))])
 
 
 def study_storage_reference(study_storage: str, config: AutoFTConfig) -> str:
@@ -86,7 +104,7 @@ def study_storage_reference(study_storage: str, config: AutoFTConfig) -> str:
     (returned as ``env:AUTOFT_OPTUNA_STORAGE`` so its password stays in the environment), and outside
     Kubernetes a folder in the temp directory (kfp.local steps share one machine).
     """
-    for value, where in ((study_storage, "the study_storage parameter"), (config.search.storage, "search.storage")):
+    for value, where in ((study_storage, "study_storage"), (config.search.storage, "search.storage")):
         if value.strip():
             _refuse_visible_password(value.strip(), where)
             return value.strip()
@@ -124,7 +142,7 @@ def resolve_mlflow_uri(mlflow_uri: str, config: AutoFTConfig, output_dir: str) -
 
     The cluster sets ``$MLFLOW_TRACKING_URI`` from the ConfigMap autoft-pipeline-config.
     """
-    for value, where in ((mlflow_uri, "the mlflow_tracking_uri parameter"), (config.tracking.mlflow_uri, "tracking")):
+    for value, where in ((mlflow_uri, "mlflow_tracking_uri"), (config.tracking.mlflow_uri, "tracking.mlflow_uri")):
         if value.strip():
             _refuse_visible_password(value.strip(), where)
             return value.strip()

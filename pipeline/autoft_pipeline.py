@@ -135,6 +135,7 @@ def build_pipeline(config: AutoFTConfig, settings: ClusterSettings | None = None
                         **common,
                         method=method,
                         worker_index=worker.worker_index,
+                        workers=worker.workers,
                         storage=worker.storage,
                         study_name=worker.study_name,
                         run_id=run_id,
@@ -142,7 +143,7 @@ def build_pipeline(config: AutoFTConfig, settings: ClusterSettings | None = None
                         zeroshot=zeroshot,
                     )
                     with_study_storage(step(search, f"search worker: {method}", settings.training))
-                    gpu_task(search, settings, settings.training)
+                    gpu_task(search, settings, settings.training, retries=settings.search_retries)
                     search.set_caching_options(False)
                 best[method] = select_best(**common, method=method, study_storage=study_storage, run_id=run_id)
                 with_study_storage(step(best[method], f"best hyperparameters: {method}", settings.light))

@@ -68,9 +68,9 @@ class ClusterSettings:
     light: Resources = Resources(cpu="500m", memory="2Gi")
     datasets_pvc: str | None = "autoft-datasets"
     datasets_mount: str = "/data"
-    # Fine-tuning restarts from scratch when its pod is lost. Search workers are not retried: a worker
-    # killed mid-trial leaves the trial RUNNING, and without Optuna heartbeats (search.heartbeat_interval,
-    # RDB storage) a retried worker could wait on it for ever; the study itself carries on regardless.
+    # A retried search worker fails the trial its lost pod left RUNNING and finishes its share of the
+    # budget (autoft.search.study), so a preempted worker costs one trial, not the run.
+    search_retries: int = 2
     finetune_retries: int = 1
 
     def __post_init__(self) -> None:

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from components.runtime import refuse_visible_passwords
 from kfp import compiler
 
-from autoft.config import AutoFTConfig
+from autoft.config import AutoFTConfig, urls_with_passwords
 from autoft.methods import ALL_METHODS
 from pipeline.autoft_pipeline import build_pipeline
 from pipeline.cluster import ClusterSettings
@@ -39,8 +40,10 @@ def compile_pipeline(
 ) -> Path:
     """Write the IR YAML for ``config`` (its methods become the DAG's branches, it becomes the default config).
 
-    The file is replaced in one rename, so a failed compile never leaves a truncated pipeline behind.
+    The file is replaced in one rename, so a failed compile never leaves a truncated pipeline behind. A config
+    holding a password (in a storage or tracking URL) is refused: it would be the parameter's visible default.
     """
+    refuse_visible_passwords(urls_with_passwords(config))
     package_path = Path(package_path)
     package_path.parent.mkdir(parents=True, exist_ok=True)
     # The compiler picks the format from the suffix, so the temporary file keeps ``.yaml``.

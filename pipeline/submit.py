@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autoft.config import AutoFTConfig, parse_assignments, parse_yaml
+from components.runtime import refuse_visible_passwords
+
+from autoft.config import AutoFTConfig, parse_assignments, parse_yaml, urls_with_passwords
 from autoft.errors import ConfigError
+from autoft.urls import redact_url, url_password
 from pipeline.autoft_pipeline import config_parameter
 from pipeline.compile import COMPILED_PIPELINE, compiled_default_config, pipeline_parameters, read_pipeline_spec
 
@@ -114,15 +117,33 @@ def kfp_cron(schedule: str) -> str:
     raise ConfigError(f"--schedule {schedule!r}: use a cron expression of 5 fields (min hour dom mon dow) or 6")
 
 
+# KFP's parameter types (the IR's parameterType) -> the Python values a run may pass.
+PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
+    "STRING": (str,),
+    "NUMBER_INTEGER": (int,),
+    "NUMBER_DOUBLE": (int, float),
+    "BOOLEAN": (bool,),
+    "LIST": (list,),
+    "STRUCT": (dict,),
+}
+
+
 def parse_parameters(items: list[str], declared: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """``name=value`` pairs (values parsed as YAML) for declared pipeline parameters."""
+    """``name=value`` pairs (values parsed as YAML) for declared pipeline parameters, of the declared type."""
     values: dict[str, Any] = {}
     for name, text in parse_assignments(items, "--param", "search_workers=4").items():
         if name not in declared:
             raise ConfigError(f"--param {name!r} is not a pipeline parameter; parameters: {sorted(declared)}")
         if name in ("config_yaml", "config_overrides"):
             raise ConfigError(f"--param {name}: the config comes from --preset/--config and --set")
-        values[name] = parse_yaml(text, f"--param {name}") if text.strip() else ""
+        kind = declared[name].get("parameterType", "STRING")
+        value = text if kind == "STRING" else parse_yaml(text, f"--param {name}") if text.strip() else ""
+        allowed = PARAMETER_TYPES.get(kind, (object,))
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            raise ConfigError(f"--param {name}={text!r}: expected {kind.lower().replace('_', ' ')}, got {value!r}")
+        if isinstance(value, str) and url_password(value):
+            refuse_visible_passwords([(name, redact_url(value))])
+        values[name] = value
     return values
 
 
@@ -141,6 +162,7 @@ def plan_submission(
     enable_caching: bool = False,
 ) -> SubmitPlan:
     """Everything `autoft submit` will send, checked against the compiled pipeline before any network call."""
+    refuse_visible_passwords(urls_with_passwords(config))
     spec = read_pipeline_spec(package_path)
     declared = pipeline_parameters(spec)
     compiled_methods = compiled_default_config(spec).get("methods")

@@ -119,6 +119,7 @@ def searched(
             **common,
             method="autoft",
             worker_index=item["worker_index"],
+            workers=item["workers"],
             storage=item["storage"],
             study_name=item["study_name"],
             run_id=RUN_ID,
@@ -299,12 +300,13 @@ def test_create_study_returns_one_item_per_worker_on_a_run_scoped_study(work: Pa
 
 
 def test_search_workers_share_the_total_budget(config: AutoFTConfig, work: Path, searched: list[int]) -> None:
-    assert searched == [2, 2]  # the second worker found the budget met
+    assert searched == [1, 2]  # one trial each (the study's counts after each): the budget split, not doubled
     storage = study_storage_url(str(work / "studies"), "autoft")
     from autoft.search.study import open_storage
 
     study = optuna.load_study(study_name=f"autoft-{RUN_ID}-autoft", storage=open_storage(storage, config.search))
-    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 2
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert sorted(t.user_attrs["worker"] for t in complete) == [0, 1]
 
 
 def test_search_worker_refuses_an_item_of_another_run(
@@ -315,6 +317,7 @@ def test_search_worker_refuses_an_item_of_another_run(
             **common,
             method="autoft",
             worker_index=0,
+            workers=2,
             storage=study_items[0]["storage"],
             study_name=study_items[0]["study_name"],
             run_id="some-other-run",
@@ -607,9 +610,12 @@ def test_create_study_on_a_resumed_run_fails_trials_its_killed_workers_left(
     study = optuna.load_study(study_name=f"autoft-{RUN_ID}-autoft", storage=storage)
     orphan = study.ask()  # a worker was killed mid-trial, then KFP retried the run (same run id)
     items = create_study.python_func(
-        **common, method="autoft", study_storage=str(work / "studies"), run_id=RUN_ID, search_workers=1
+        **common, method="autoft", study_storage=str(work / "studies"), run_id=RUN_ID, search_workers=2
     )
-    assert items == [{"worker_index": 0, "storage": str(work / "studies"), "study_name": f"autoft-{RUN_ID}-autoft"}]
+    assert items == [
+        {"worker_index": i, "workers": 2, "storage": str(work / "studies"), "study_name": f"autoft-{RUN_ID}-autoft"}
+        for i in range(2)
+    ]
     assert study.trials[orphan.number].state == optuna.trial.TrialState.FAIL
     assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 2  # finished work is kept
 

@@ -226,9 +226,17 @@ def test_training_tasks_have_the_kubernetes_settings(documents: tuple[dict[str, 
     ]
     assert admitted and all(labels == POD_LABELS for labels in admitted)
     finetunes = [e for n, e in spec["deploymentSpec"]["executors"].items() if executor_base(n) == "finetune"]
-    assert finetunes  # retries live on the task; the search workers are deliberately not retried
-    retried = [t for t in tasks_of(spec).values() if t.get("retryPolicy")]
-    assert retried and all(t["taskInfo"]["name"].startswith("fine-tune:") for t in retried)
+    assert finetunes  # retries live on the task: a retried search worker finishes its share of the budget
+    retried = {
+        t["taskInfo"]["name"]: t["retryPolicy"]["maxRetryCount"]
+        for t in tasks_of(spec).values()
+        if t.get("retryPolicy")
+    }
+    assert {name.split(":")[0] for name in retried} == {"fine-tune", "search worker"}
+    assert all(
+        count == (settings.finetune_retries if name.startswith("fine-tune") else settings.search_retries)
+        for name, count in retried.items()
+    )
 
 
 def test_cluster_settings_change_the_ir(tmp_path: Path, default_config) -> None:

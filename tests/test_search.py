@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,14 +20,13 @@ from optuna.trial import TrialState
 from autoft.config import Bounds, SearchConfig
 from autoft.data.images import ArrayImages, TransformedImages
 from autoft.data.loaders import BatchStream
-from autoft.errors import NonFiniteLossError
+from autoft.errors import ConfigError, NonFiniteLossError, SearchFailed
 from autoft.evaluate import accuracy, predict
 from autoft.hparams import LOSS_NAMES, Hyperparams
 from autoft.models.classifier import CLIPClassifier
 from autoft.search.objective import OOD_VAL_ATTR, TrialObjective
 from autoft.search.space import HPARAMS_ATTR, SEED_RANGE, SearchSpace, trial_hparams
 from autoft.search.study import (
-    SearchFailed,
     best_hparams,
     count_trials,
     create_or_load_study,
@@ -35,6 +34,7 @@ from autoft.search.study import (
     open_storage,
     prepare_study,
     run_worker,
+    worker_quota,
 )
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -158,18 +158,27 @@ def test_trials_without_hparams_and_empty_studies_are_rejected() -> None:
 
 def test_bad_budget_and_storage_are_rejected(tmp_path: Path) -> None:
     config = SearchConfig(losses=["ce", "hinge"])
-    study = create_or_load_study(str(tmp_path / "study.log"), config)
-    with pytest.raises(ValueError, match="the trial budget must be >= 1, got 0"):
+    study = create_or_load_study(str(tmp_path / "study.journal"), config)
+    with pytest.raises(ConfigError, match="the trial budget must be >= 1, got 0"):
         run_worker(study, _cheap_objective(SearchSpace.from_config(config)), 0)
     assert study.trials == []
-    with pytest.raises(ValueError, match="no study storage given"):
+    with pytest.raises(ConfigError, match="the study storage is empty"):
         open_storage("", config)
-    with pytest.raises(ValueError, match="unsupported study storage 'redis://host/0'"):
+    with pytest.raises(ConfigError, match="redis:// is not a database Optuna can use"):
         open_storage("redis://host/0", config)
+    with pytest.raises(ConfigError, match="looks like a mistyped database URL"):
+        open_storage("postgres//user@host/db", config)
+    with pytest.raises(ConfigError, match=r"ends in \.journal"):
+        open_storage(str(tmp_path / "study.log"), config)
+    assert not (tmp_path / "study.log").exists()
+    with pytest.raises(ConfigError, match=r"worker index 2 is not in 0\.\.1"):
+        worker_quota(10, 2, 2)
+    assert [worker_quota(10, 3, i) for i in range(3)] == [4, 3, 3]
+    assert [worker_quota(2, 3, i) for i in range(3)] == [1, 1, 0]
 
 
 def test_stopped_study_resumes_to_exactly_the_budget(tmp_path: Path) -> None:
-    journal = str(tmp_path / "study.log")
+    journal = str(tmp_path / "study.journal")
     config = SearchConfig(losses=["ce", "hinge"], n_trials=7, study_name="resume")
     space = SearchSpace.from_config(config)
     first = create_or_load_study(journal, config)
@@ -179,16 +188,18 @@ def test_stopped_study_resumes_to_exactly_the_budget(tmp_path: Path) -> None:
 
     resumed = create_or_load_study(journal, config)  # a fresh process would do exactly this
     assert resumed.user_attrs["n_trials"] == 7
-    run_worker(resumed, _cheap_objective(space), config.n_trials)
+    assert run_worker(resumed, _cheap_objective(space), config.n_trials) == 7
     assert _states(resumed) == {"complete": 7}
     after = {t.number: (t.params, t.value) for t in resumed.get_trials(states=(TrialState.COMPLETE,))}
     assert {n: after[n] for n in before} == before  # nothing lost or redone
     run_worker(resumed, _cheap_objective(space), config.n_trials)  # already complete: no extra trials
     assert _states(create_or_load_study(journal, config)) == {"complete": 7}
+    with pytest.raises(ConfigError, match=r"created for search\.n_trials=7, not 8"):
+        create_or_load_study(journal, config.model_copy(update={"n_trials": 8}))
 
 
 def test_interrupted_study_resumes_to_exactly_the_budget(tmp_path: Path) -> None:
-    journal = str(tmp_path / "study.log")
+    journal = str(tmp_path / "study.journal")
     config = SearchConfig(losses=["ce", "entropy"], n_trials=6, study_name="interrupted")
     space = SearchSpace.from_config(config)
     calls = []
@@ -207,30 +218,25 @@ def test_interrupted_study_resumes_to_exactly_the_budget(tmp_path: Path) -> None
     assert _states(resumed) == {"complete": 6, "fail": 1}
 
 
-def test_a_trial_orphaned_by_a_killed_worker_does_not_block_the_resumed_study(tmp_path: Path) -> None:
-    """A journal file has no heartbeat: prepare_study (run before workers start) fails the orphan."""
-    journal = str(tmp_path / "study.log")
+def test_a_worker_started_again_fails_its_own_orphan_and_finishes_its_share(tmp_path: Path) -> None:
+    """A journal has no heartbeat: a worker that starts again fails the trial its killed process left."""
+    journal = str(tmp_path / "study.journal")
     config = SearchConfig(losses=["ce", "hinge"], n_trials=4, study_name="orphan")
     space = SearchSpace.from_config(config)
-    study = create_or_load_study(journal, config)
-    run_worker(study, _cheap_objective(space), 1)
-    orphan = study.ask()  # the worker was SIGKILLed here: the trial stays RUNNING in the journal
-    resumed = prepare_study(journal, config)
-    assert resumed.trials[orphan.number].state == TrialState.FAIL
-    worker = threading.Thread(
-        target=run_worker,
-        args=(resumed, _cheap_objective(space), config.n_trials),
-        kwargs={"poll_seconds": 0.05},
-        daemon=True,
-    )
-    worker.start()
-    worker.join(timeout=4)  # three cheap trials: well under a second when nothing blocks
-    finished = not worker.is_alive()
-    if not finished:  # release the blocked worker so that it ends with the test
-        study.tell(orphan, state=TrialState.FAIL)
-        worker.join(timeout=30)
-    assert finished, "the resumed worker waited forever for the orphaned RUNNING trial"
-    assert count_trials(resumed)["complete"] == config.n_trials
+    study = prepare_study(journal, config, workers=2)
+    run_worker(study, _cheap_objective(space), 4, worker_index=1, workers=2)
+    orphan = study.ask()  # worker 0 was SIGKILLed here: the trial stays RUNNING in the journal
+    orphan.set_user_attr("worker", 0)
+    other = study.ask()  # a RUNNING trial of a live worker 1 must be left alone
+    other.set_user_attr("worker", 1)
+    assert run_worker(create_or_load_study(journal, config), _cheap_objective(space), 4, workers=2) == 2
+    assert study.trials[orphan.number].state == TrialState.FAIL
+    assert study.trials[other.number].state == TrialState.RUNNING
+    assert count_trials(study)["complete"] == config.n_trials
+    with pytest.raises(ConfigError, match="shared by 2 workers, but this one was told 3"):
+        run_worker(study, _cheap_objective(space), 4, workers=3)
+    with pytest.raises(ConfigError, match="started with 2 search workers, not 3"):
+        prepare_study(journal, config, workers=3)
 
 
 WORKER_SCRIPT = textwrap.dedent(
@@ -244,80 +250,75 @@ WORKER_SCRIPT = textwrap.dedent(
     from autoft.search.space import SearchSpace
     from autoft.search.study import create_or_load_study, run_worker
 
-    journal, index, sync = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+    journal, index, sync, hang_at = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
     config = SearchConfig(losses=["ce", "hinge"], n_trials=12, study_name="shared")
     space = SearchSpace.from_config(config)
     study = create_or_load_study(journal, config, worker_index=index)
-
-    # Start together, so that both workers really share the budget.
     (sync / f"ready-{index}").touch()
-    deadline = time.monotonic() + 120
-    while len(list(sync.glob("ready-*"))) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
 
 
     def objective(trial):
         hparams = space.sample(trial)
-        trial.set_user_attr("worker", index)
-        time.sleep(0.15)
+        (sync / f"trial-{index}-{trial.number}").touch()
+        time.sleep(3600 if len(list(sync.glob(f"trial-{index}-*"))) == hang_at else 0.1)
         return -abs(math.log10(hparams.lr) + 5)
 
 
-    run_worker(study, objective, config.n_trials, poll_seconds=0.05)
+    run_worker(study, objective, config.n_trials, worker_index=index, workers=2)
     """
 )
 
 
-def test_two_worker_processes_complete_exactly_the_budget(tmp_path: Path) -> None:
-    """Worker 1 is a separate process; worker 0 is this test's own process (one less torch import)."""
-    journal = str(tmp_path / "study.log")
-    config = SearchConfig(losses=["ce", "hinge"], n_trials=12, study_name="shared")
-    create_or_load_study(journal, config)  # created before the workers start
-    script, sync = tmp_path / "worker.py", tmp_path / "sync"
+def _worker(journal: str, index: int, sync: Path, hang_at: int = 0) -> subprocess.Popen[str]:
+    script = sync.parent / "worker.py"
     script.write_text(WORKER_SCRIPT)
-    sync.mkdir()
-    other = subprocess.Popen(
-        [sys.executable, str(script), journal, "1", str(sync)],
+    return subprocess.Popen(
+        [sys.executable, str(script), journal, str(index), str(sync), str(hang_at)],
         env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_two_worker_processes_share_the_budget_and_a_killed_one_finishes_after_a_restart(tmp_path: Path) -> None:
+    """kill -9 worker 0 in its third trial; worker 1 finishes its six without waiting; worker 0, started
+    again, fails its orphan and runs only the four it still owes: exactly 12 complete trials."""
+    journal = str(tmp_path / "study.journal")
+    config = SearchConfig(losses=["ce", "hinge"], n_trials=12, study_name="shared")
+    prepare_study(journal, config, workers=2)
+    sync = tmp_path / "sync"
+    sync.mkdir()
+    zero, one = _worker(journal, 0, sync, hang_at=3), _worker(journal, 1, sync)
     try:
-        study = create_or_load_study(journal, config, worker_index=0)
-        space = SearchSpace.from_config(config)
-        (sync / "ready-0").touch()
         deadline = time.monotonic() + 120
-        while not (sync / "ready-1").exists():
-            assert other.poll() is None, other.stderr.read()
-            assert time.monotonic() < deadline, "the second worker did not start within 120 s"
-            time.sleep(0.01)
-
-        def objective(trial: optuna.Trial) -> float:
-            trial.set_user_attr("worker", 0)
-            value = _cheap_objective(space)(trial)
-            time.sleep(0.15)
-            return value
-
-        run_worker(study, objective, config.n_trials, poll_seconds=0.05)
-        assert other.wait(timeout=120) == 0, other.stderr.read()
+        while len(list(sync.glob("trial-0-*"))) < 3:
+            assert zero.poll() is None, zero.stderr.read()
+            assert time.monotonic() < deadline, "worker 0 did not reach its third trial within 120 s"
+            time.sleep(0.05)
+        zero.send_signal(signal.SIGKILL)
+        assert zero.wait(timeout=30) == -signal.SIGKILL
+        assert one.wait(timeout=120) == 0, one.stderr.read()
+        study = create_or_load_study(journal, config)
+        assert count_trials(study)["running"] == 1 and count_trials(study)["complete"] == 8
+        again = _worker(journal, 0, sync, hang_at=0)
+        assert again.wait(timeout=120) == 0, again.stderr.read()
     finally:
-        if other.poll() is None:
-            other.kill()
+        for process in (zero, one):
+            if process.poll() is None:
+                process.kill()
     study = create_or_load_study(journal, config)
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(complete) == 12
-    assert count_trials(study)["running"] == 0
-    non_surplus_failures = [t for t in study.get_trials(states=(TrialState.FAIL,)) if not t.user_attrs.get("surplus")]
-    assert non_surplus_failures == []
-    assert {t.user_attrs["worker"] for t in complete} == {0, 1}  # both did real work
+    assert count_trials(study)["running"] == 0 and count_trials(study)["fail"] == 1
+    assert sorted(t.user_attrs["worker"] for t in complete) == [0] * 6 + [1] * 6
     assert all(HPARAMS_ATTR in t.user_attrs for t in complete)
 
 
 def test_nan_trials_fail_alone_and_the_study_finishes(tmp_path: Path) -> None:
     config = SearchConfig(losses=["ce", "hinge"], n_trials=6, study_name="nan")
     space = SearchSpace.from_config(config)
-    study = create_or_load_study(str(tmp_path / "study.log"), config)
+    study = create_or_load_study(str(tmp_path / "study.journal"), config)
 
     def objective(trial: optuna.Trial) -> float:
         value = _cheap_objective(space)(trial)
@@ -335,7 +336,7 @@ def test_nan_trials_fail_alone_and_the_study_finishes(tmp_path: Path) -> None:
 
 def test_too_many_failures_stop_the_search_with_a_clear_error(tmp_path: Path) -> None:
     config = SearchConfig(losses=["ce", "hinge"], n_trials=5, study_name="diverges")
-    study = create_or_load_study(str(tmp_path / "study.log"), config)
+    study = create_or_load_study(str(tmp_path / "study.journal"), config)
 
     def diverging(trial: optuna.Trial) -> float:
         SearchSpace.from_config(config).sample(trial)
@@ -403,7 +404,7 @@ def test_a_diverging_trial_fails_alone_through_the_real_objective(
         return objective(trial)
 
     config = SearchConfig(losses=["ce", "l2init"], n_trials=3, study_name="poison")
-    study = create_or_load_study(str(tmp_path / "study.log"), config)
+    study = create_or_load_study(str(tmp_path / "study.journal"), config)
     run_worker(study, poisoned_second_trial, config.n_trials)
     states = [t.state for t in study.trials]
     assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]

@@ -28,10 +28,10 @@ def create_study(
         study_storage: Where the studies live: an RDB URL without a password, a folder all steps share
             (kfp.local), or empty for search.storage, then AUTOFT_OPTUNA_STORAGE from the step's secret.
         run_id: The KFP run id; it makes the study name unique to this pipeline run.
-        search_workers: How many work items (parallel workers) to hand out; at least 1.
+        search_workers: How many workers share the budget (one work item each); at least 1.
 
     Returns:
-        One item per worker: {"worker_index", "storage", "study_name"}; storage is the URL, or
+        One item per worker: {"worker_index", "workers", "storage", "study_name"}; storage is the URL, or
         env:AUTOFT_OPTUNA_STORAGE when the URL (with its password) comes from the step's secret env.
     """
     from autoft.errors import ConfigError
@@ -42,7 +42,10 @@ def create_study(
         raise ConfigError(f"search_workers must be >= 1, got {search_workers}")
     config = run_scoped(load_step_config(config_yaml, config_overrides, methods), run_id)
     reference = study_storage_reference(study_storage, config)
-    counts = stage_create_study(config, method, study_storage_url(reference, method))
+    counts = stage_create_study(config, method, study_storage_url(reference, method), search_workers)
     print(f"study for {method}: {counts}")
     study_name = config.search_for(method).study_name
-    return [{"worker_index": index, "storage": reference, "study_name": study_name} for index in range(search_workers)]
+    return [
+        {"worker_index": index, "workers": search_workers, "storage": reference, "study_name": study_name}
+        for index in range(search_workers)
+    ]

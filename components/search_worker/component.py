@@ -13,13 +13,14 @@ def search_worker(
     methods: list[str],
     method: str,
     worker_index: int,
+    workers: int,
     storage: str,
     study_name: str,
     run_id: str,
     prepared: Input[Dataset],
     zeroshot: Input[Model],
 ) -> int:
-    """Run trials on the shared study until the TOTAL budget (search.n_trials) is met; returns trials done.
+    """Run this worker's share of the study's TOTAL budget (search.n_trials); returns the study's counted trials.
 
     Each trial resets to the zero-shot weights, takes ``inner_steps`` steps with the proposed objective
     and scores the whole OOD-val (or ID-val, for baselines) subset.
@@ -29,7 +30,9 @@ def search_worker(
         config_overrides: KEY=VALUE changes applied on top of config_yaml (dotted keys, YAML values).
         methods: The methods this pipeline was compiled for.
         method: The searched method (autoft, ft, flyp or ft_oodval).
-        worker_index: This worker's number; it seeds the worker's sampler and batch order.
+        worker_index: This worker's number: its share of the budget, its sampler seed and batch order. A retried
+            worker fails the trial its killed attempt left and finishes its share.
+        workers: How many workers share the budget (from create_study's work item).
         storage: The study's storage from create_study's work item (a URL or env:AUTOFT_OPTUNA_STORAGE).
         study_name: The study name from the work item; checked against this run's, so runs never mix.
         run_id: The KFP run id (part of the study name).
@@ -51,6 +54,7 @@ def search_worker(
         method,
         study_storage_url(storage, method),
         worker_index=worker_index,
+        workers=workers,
         progress=False,
     )
     print(f"search {method} worker {worker_index}: study trials {counts}")

@@ -10,6 +10,7 @@ the library itself never imports kfp.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -29,8 +30,11 @@ from autoft.config import (
 )
 from autoft.errors import AutoFTError, ConfigError
 
+EXIT_FAILURE = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+# A full, read-only or forbidden disk: the environment, not a bug; one line instead of a traceback.
+DISK_ERRORS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM})
 COMMAND_PLUGINS = "autoft.commands"
 RUNNER_PLUGINS = "autoft.runners"
 Handler = Callable[[argparse.Namespace], None]
@@ -99,7 +103,9 @@ def cmd_search(args: argparse.Namespace) -> None:
     config.check_method(args.method, purpose="search")
     from autoft.stages import stage_search
 
-    counts = stage_search(config, Path(args.data), Path(args.zeroshot), args.method, args.storage, args.worker_index)
+    counts = stage_search(
+        config, Path(args.data), Path(args.zeroshot), args.method, args.storage, args.worker_index, args.workers
+    )
     print(f"search {args.method}: {counts['complete']} complete, {counts['fail']} failed, {counts['pruned']} pruned")
 
 
@@ -116,12 +122,20 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     config = config_from_args(args)
     config.check_method(args.method, purpose="finetune")
     search_results = parse_assignments(args.hparams, "--hparams", "autoft=run/search/autoft.json")
+    from autoft.methods import searched_methods
     from autoft.stages import finetune_hparams, stage_finetune
 
+    searched = searched_methods(config.methods)
+    unknown = sorted(set(search_results) - set(searched))
+    if unknown:
+        raise ConfigError(f"--hparams names {unknown}, which this config does not search; searched: {searched}")
     hparams = finetune_hparams(args.method, {k: Path(v) for k, v in search_results.items()})
+    finished = args.resume and (Path(args.out) / "finetune.json").is_file()
     summary = stage_finetune(
         config, Path(args.data), Path(args.zeroshot), args.method, hparams, Path(args.out), resume=args.resume
     )
+    if finished:
+        print(f"fine-tuning {args.method} had already finished in {args.out}: nothing to resume")
     print(
         f"fine-tuned {args.method}: best epoch {summary.best_epoch + 1}, ID-val {summary.best_id_val:.4f}, "
         f"WiSE-FT alpha {summary.wiseft.best_alpha} -> {args.out}"
@@ -152,7 +166,7 @@ def _ad_hoc_eval_set(args: argparse.Namespace, models: dict[str, Path]) -> tuple
 
     card = read_model_card(next(iter(models.values())))
     kind, path = ("folder", args.eval_folder) if args.eval_folder else ("csv", args.eval_csv)
-    images = load_eval_set(kind, path, card["class_names"])
+    images = load_eval_set(kind, path, card["class_names"], allow_outside_paths=args.allow_outside_paths)
     folder = Path(args.out).parent / "adhoc_eval"
     save_file_split(folder, "eval", images)
     PreparedData(
@@ -225,9 +239,14 @@ def cmd_run(args: argparse.Namespace) -> None:
     if args.runner not in available:
         raise ConfigError(f"--runner {args.runner!r} is not installed; available: {sorted(available)}")
     config = config_from_args(args, DEFAULT_PRESET)
+    from autoft.runner import run_status
+    from autoft.stages import resolve_device
+
+    resolve_device(config)  # device=cuda without a GPU fails here, not in the third step
     run_dir = Path(args.out) if args.out else _default_run_dir(config.preset)
     config = with_shared_local_tracking(config, run_dir)
-    results = available[args.runner](config, run_dir)
+    with run_status(run_dir):
+        results = available[args.runner](config, run_dir)
     print()
     print(format_table(results))
     print(f"\nrun folder: {run_dir}  (results.json, report.md, report.html, plots/)")
@@ -258,8 +277,15 @@ def _add_stage_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="prepared-data folder")
     p.add_argument("--zeroshot", required=True, help="zero-shot model folder")
     p.add_argument("--method", default="autoft", help="a searched method of the config: autoft | ft | flyp | ft_oodval")
-    p.add_argument("--storage", required=True, help="journal file path or Optuna RDB URL (postgresql://...)")
-    p.add_argument("--worker-index", type=int, default=0, help="distinct per worker: seeds its sampler and data")
+    p.add_argument("--storage", required=True, help="a *.journal file or an Optuna RDB URL (postgresql://...)")
+    p.add_argument("--workers", type=int, default=1, help="how many workers share the study's total budget")
+    p.add_argument(
+        "--worker-index",
+        type=int,
+        default=0,
+        help="this worker's number, 0..workers-1: its share of the budget, sampler seed and batch order; start "
+        "it again with the same index after a crash and it finishes its share",
+    )
 
     p = add("select-best", cmd_select_best, "write the best trial's effective hyperparameters to --out")
     p.add_argument("--method", default="autoft", help="a searched method of the config")
@@ -286,6 +312,11 @@ def _add_stage_commands(sub: argparse._SubParsersAction) -> None:
     adhoc = p.add_mutually_exclusive_group()
     adhoc.add_argument("--eval-folder", help="an image folder with one subfolder per class name")
     adhoc.add_argument("--eval-csv", help="a CSV manifest with columns path,label (label = class name)")
+    p.add_argument(
+        "--allow-outside-paths",
+        action="store_true",
+        help="let --eval-csv rows name images outside the CSV's folder (absolute or ../ paths)",
+    )
     p.add_argument("--model", action="append", required=True, metavar="NAME=FOLDER", help="a saved model")
     p.add_argument("--out", required=True, help="JSON file with metrics and confusion matrices")
 
@@ -366,8 +397,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("interrupted: outputs written so far are complete; re-run the command to continue", file=sys.stderr)
+        if args.verbose:
+            raise
+        print("interrupted: every file written so far is complete; run the command again to continue", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as error:
+        if args.verbose or error.errno not in DISK_ERRORS:
+            raise
+        where = f" {error.filename}" if error.filename else ""
+        print(
+            f"error: cannot write{where}: {error.strerror}; free space or pick a writable folder, then run the "
+            "command again (nothing half-written was left under a final name)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     return 0
 
 

@@ -33,6 +33,7 @@ from autoft.data.registry import known_datasets
 from autoft.errors import ConfigError
 from autoft.hparams import LOSS_NAMES
 from autoft.methods import BASE_METHODS, ZEROSHOT, base_of, method_problems
+from autoft.urls import check_study_storage, redact_url, url_password
 
 METRICS: tuple[str, ...] = ("accuracy", "macro_f1", "worst_group_accuracy", "neg_cross_entropy")
 Metric = Literal["accuracy", "macro_f1", "worst_group_accuracy", "neg_cross_entropy"]
@@ -105,6 +106,12 @@ class EvalSetConfig(_Strict):
     allow_absolute_paths: bool = Field(
         False, description="csv only: let rows name images outside the CSV's folder (absolute or ../ paths)"
     )
+
+    @model_validator(mode="after")
+    def _csv_only(self) -> EvalSetConfig:
+        if self.allow_absolute_paths and self.kind != "csv":
+            raise ValueError("allow_absolute_paths applies to kind: csv only")
+        return self
 
 
 class DataConfig(_Strict):
@@ -191,6 +198,11 @@ class SearchConfig(_Strict):
         description="'reference': +H(p) on misclassified (as the authors' code); "
         "'confidence_min': -H(p), i.e. raise entropy on mistakes",
     )
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_syntax(cls, value: str) -> str:
+        return check_study_storage(value, "storage") if value.strip() else value
 
     @model_validator(mode="after")
     def _check_losses(self) -> SearchConfig:
@@ -446,6 +458,24 @@ def resolve_config(
         raw = {}
     raw = {**(defaults or {}), **raw}
     return validate_config(apply_overrides(raw, overrides))
+
+
+def urls_with_passwords(config: AutoFTConfig) -> list[tuple[str, str]]:
+    """Every config value that is a URL with a password: (dotted key, the URL redacted)."""
+    found: list[tuple[str, str]] = []
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict):
+            for child_key, child in value.items():
+                walk(child, f"{key}.{child_key}" if key else str(child_key))
+        elif isinstance(value, list):
+            for index, child in enumerate(value):
+                walk(child, f"{key}[{index}]")
+        elif isinstance(value, str) and url_password(value):
+            found.append((key, redact_url(value)))
+
+    walk(config_to_dict(config), "")
+    return found
 
 
 def config_to_dict(config: AutoFTConfig) -> dict[str, Any]:

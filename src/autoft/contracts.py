@@ -155,6 +155,7 @@ class FinetuneSummary(Contract):
     history: list[EpochRecord]
     wiseft: WiseFTChoice
     seconds: float = 0.0
+    fingerprint: dict[str, str] = Field(default_factory=dict, description="what the run depended on, hashed")
 
 
 class ModelEval(BaseModel):

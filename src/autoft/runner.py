@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
+from autoft.atomic import atomic_write_json
 from autoft.config import AutoFTConfig, save_config
 from autoft.contracts import EvalResult, FinetuneSummary, PreparedData, Results, SearchResult
 from autoft.methods import finetuned_methods, is_wiseft, model_source, searched_methods
@@ -25,6 +27,34 @@ from autoft.stages import (
     stage_zeroshot,
 )
 from autoft.study_stages import default_storage, stage_create_study, stage_select_best
+
+RUN_STATUS_FILE = "run_status.json"
+
+
+@contextmanager
+def run_status(run_dir: Path) -> Iterator[None]:
+    """Mark a run folder running, then succeeded, failed or interrupted, so a half-run folder says so."""
+    run_dir = Path(run_dir)
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+
+    def mark(state: str, error: str = "") -> None:
+        payload = {"state": state, "started": started, "ended": datetime.now(UTC).isoformat(timespec="seconds")}
+        if error:
+            payload["error"] = error
+        with suppress(OSError):  # a full disk must not hide the error that brought us here
+            atomic_write_json(run_dir / RUN_STATUS_FILE, payload)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / RUN_STATUS_FILE, {"state": "running", "started": started})
+    try:
+        yield
+    except KeyboardInterrupt:
+        mark("interrupted", "stopped by the user (Ctrl-C); the run is incomplete")
+        raise
+    except BaseException as error:
+        mark("failed", f"{type(error).__name__}: {error}"[:2000])
+        raise
+    mark("succeeded")
 
 
 @dataclass(frozen=True)
@@ -109,7 +139,7 @@ def run_inprocess(config: AutoFTConfig, run_dir: Path, progress: bool = True) ->
     for method in searched_methods(config.methods):
         storage = config.search.storage or default_storage(layout.root, method)
         with timed(f"search_{method}"):
-            stage_create_study(config, method, storage)
+            stage_create_study(config, method, storage, workers=1)
             stage_search(config, layout.data, layout.zeroshot, method, storage, progress=progress)
             stage_select_best(config, method, storage, layout.search(method))
     search_results = {m: layout.search(m) for m in searched_methods(config.methods)}

@@ -8,10 +8,13 @@ all call these, so what is tested is what runs. The study-only stages (create, s
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +30,7 @@ from autoft.contracts import (
     SearchResult,
     WiseFTChoice,
 )
-from autoft.data.images import LabeledImages, TransformedImages, indices_hash
+from autoft.data.images import LabeledImages, TransformedImages, check_readable, indices_hash
 from autoft.data.loaders import BatchStream
 from autoft.data.manifests import load_split, logits_fn_from_manifest, read_manifest, save_file_split, write_manifest
 from autoft.data.registry import get_builder
@@ -41,8 +44,8 @@ from autoft.models.checkpoint import WEIGHTS_FILE, load_state_dict_file
 from autoft.models.classifier import CLIPClassifier, build_zeroshot_classifier, load_classifier
 from autoft.search.objective import TrialObjective
 from autoft.search.space import SearchSpace
-from autoft.search.study import count_trials, create_or_load_study, run_worker
-from autoft.train import BEST_WEIGHTS, finetune
+from autoft.search.study import count_trials, create_or_load_study, run_worker, worker_quota
+from autoft.train import BEST_WEIGHTS, check_fingerprint, finetune
 from autoft.wiseft import interpolate, sweep
 
 log = logging.getLogger(__name__)
@@ -90,7 +93,7 @@ def stage_prepare(config: AutoFTConfig, out_dir: Path) -> PreparedData:
     for eval_set in config.data.eval_sets:
         from autoft.data.ds_generic import load_eval_set
 
-        images = load_eval_set(eval_set.kind, eval_set.path, splits.class_names)
+        images = load_eval_set(eval_set.kind, eval_set.path, splits.class_names, eval_set.allow_absolute_paths)
         save_file_split(out_dir, f"extra_{eval_set.name}", images)
         manifests[eval_set.name] = f"extra_{eval_set.name}.json"
         extra_tests.append(eval_set.name)
@@ -128,6 +131,7 @@ def resolve_pretrained(config: AutoFTConfig) -> str:
 
 
 def stage_zeroshot(config: AutoFTConfig, data_dir: Path, out_dir: Path) -> Path:
+    resolve_device(config)  # an unusable device fails here, in the first step that builds a model
     data = PreparedData.load_from(data_dir)
     torch.manual_seed(config.seed)  # random-init models (pretrained: '') must be reproducible too
     model = build_zeroshot_classifier(
@@ -148,11 +152,13 @@ def stage_search(
     method: str,
     storage: str,
     worker_index: int = 0,
+    workers: int = 1,
     progress: bool = True,
     on_trial_end: Callable[..., None] | None = None,
 ) -> dict[str, int]:
-    """Run one search worker for ``method`` on the shared study until the total budget is met."""
+    """Run worker ``worker_index`` of ``workers`` for ``method``: its share of the study's total budget."""
     search = config.search_for(method)
+    worker_quota(search.n_trials, workers, worker_index)  # a bad index fails before any compute
     device = resolve_device(config)
     data = PreparedData.load_from(data_dir)
     model = load_classifier(zeroshot_dir, device=device)
@@ -182,7 +188,15 @@ def stage_search(
         on_trial_end=on_trial_end,
     )
     study = create_or_load_study(storage, search, worker_index)
-    run_worker(study, objective, search.n_trials, max_failed_trials=search.max_failed_trials, show_progress=progress)
+    run_worker(
+        study,
+        objective,
+        search.n_trials,
+        worker_index=worker_index,
+        workers=workers,
+        max_failed_trials=search.max_failed_trials,
+        show_progress=progress,
+    )
     return count_trials(study)
 
 
@@ -218,12 +232,21 @@ def stage_finetune(
     """Fine-tune with ``hparams``, keep the best ID-val epoch, then sweep WiSE-FT alphas on ID-val.
 
     Writes ``model/`` and ``wiseft/`` (saved classifiers), ``train/`` (epoch checkpoints) and
-    ``finetune.json`` (:class:`FinetuneSummary`) under ``out_dir``.
+    ``finetune.json`` (:class:`FinetuneSummary`) under ``out_dir``. With ``resume``, a run cut short
+    continues from its last finished epoch, and a finished one is left as it is; either must be the same
+    run (:func:`finetune_fingerprint`).
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
     device = resolve_device(config)
     data = PreparedData.load_from(data_dir)
+    fingerprint = finetune_fingerprint(config, data, Path(zeroshot_dir), method, hparams)
+    finished = out_dir / FinetuneSummary.FILE
+    if resume and finished.is_file():
+        summary = FinetuneSummary.load(finished)
+        check_fingerprint(summary.fingerprint, fingerprint, finished)
+        log.info("fine-tuning %s already finished in %s: nothing to resume", method, out_dir)
+        return summary
     model = load_classifier(zeroshot_dir, device=device)
     train, id_val = load_split(data.manifest("id_train")), load_split(data.manifest("id_val"))
     torch.manual_seed(config.finetune_seed)
@@ -244,6 +267,7 @@ def stage_finetune(
         eval_batch_size=config.data.eval_batch_size,
         resume=resume,
         progress=progress,
+        fingerprint=fingerprint,
     )
     finetuned_state = load_state_dict_file(result.best_state_path)
     model.load_state_dict(finetuned_state)
@@ -272,10 +296,40 @@ def stage_finetune(
         history=[EpochRecord(**vars(record)) for record in result.history],
         wiseft=WiseFTChoice(alphas=wiseft.alphas, id_val=wiseft.values, best_alpha=wiseft.best_alpha),
         seconds=round(time.perf_counter() - started, 3),
+        fingerprint=fingerprint,
     )
     summary.save(out_dir / FinetuneSummary.FILE)
     (out_dir / "train" / BEST_WEIGHTS).unlink(missing_ok=True)  # kept in model/ now
     return summary
+
+
+def finetune_fingerprint(
+    config: AutoFTConfig, data: PreparedData, zeroshot_dir: Path, method: str, hparams: Hyperparams
+) -> dict[str, str]:
+    """What a fine-tuning run depends on, one hash per part, so a mismatch can be named."""
+
+    def digest(payload: Any) -> str:
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def file_digest(path: Path) -> str:
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()[:16]
+
+    splits = {name: read_manifest(data.manifest(name)) for name in ("id_train", "id_val")}
+    return {
+        "method": method,
+        "hparams": digest(hparams.to_dict()),
+        "data": digest([data.model_dump(mode="json"), splits]),
+        "zeroshot weights": file_digest(zeroshot_dir / WEIGHTS_FILE),
+        "finetune settings": digest(
+            [
+                config.finetune.model_dump(mode="json"),
+                config.finetune_seed,
+                config.model_selection_metric,
+                config.search.dcm_sign,
+            ]
+        ),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -319,6 +373,7 @@ def stage_evaluate(
     manifest_path = data.manifest(eval_set)
     manifest = read_manifest(manifest_path)
     images = load_split(manifest_path)
+    check_readable(images, f"eval set {eval_set!r}")
     # ImageNet-R/-A project onto 200 classes (logit_indices); ObjectNet max-pools groups (logit_groups).
     logits_fn = logits_fn_from_manifest(manifest)
 

@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -33,6 +34,8 @@ from autoft.urls import is_gcs, split_gcs_uri
 if TYPE_CHECKING:
     from google.api_core.retry import Retry
     from google.cloud.storage import Bucket, Client
+
+log = logging.getLogger(__name__)
 
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 RETRY_DEADLINE_ENV = "AUTOFT_GCS_RETRY_DEADLINE"
@@ -60,11 +63,17 @@ def retry_deadline() -> float:
     return _positive_env(RETRY_DEADLINE_ENV, DEFAULT_RETRY_DEADLINE_S)
 
 
-def _retry() -> Retry:
+def _retry(deadline: float | None = None) -> Retry:
     """The client's own transient-error predicate, bounded by our deadline (read per call)."""
     from google.cloud.storage.retry import DEFAULT_RETRY
 
-    return DEFAULT_RETRY.with_delay(initial=0.5, maximum=10.0, multiplier=2.0).with_timeout(retry_deadline())
+    bound = retry_deadline() if deadline is None else min(deadline, retry_deadline())
+    return DEFAULT_RETRY.with_delay(initial=0.5, maximum=10.0, multiplier=2.0).with_timeout(bound)
+
+
+# Listing and metadata calls come first and are cheap: an endpoint that does not answer them for this
+# long is down, and the user hears so in seconds instead of waiting out the transfer deadline.
+METADATA_DEADLINE_S = 15.0
 
 
 _clients: dict[str | None, Client] = {}
@@ -108,7 +117,7 @@ def _make_client(endpoint: str | None) -> Client:
 
 
 @contextmanager
-def _gcs_errors(action: str, uri: str) -> Iterator[None]:
+def _gcs_errors(action: str, uri: str, deadline: float | None = None) -> Iterator[None]:
     """Turn client exceptions into StorageError naming the URI; retries already happened inside."""
     from google.api_core import exceptions as api_exceptions
     from google.auth import exceptions as auth_exceptions
@@ -131,9 +140,10 @@ def _gcs_errors(action: str, uri: str) -> Iterator[None]:
         ConnectionError,
         TimeoutError,
     ) as error:
+        seconds = retry_deadline() if deadline is None else min(deadline, retry_deadline())
         raise StorageError(
-            f"cannot {action} {uri} (gave up after retrying for up to {retry_deadline():.0f}s, see "
-            f"{RETRY_DEADLINE_ENV}): {type(error).__name__}: {error}"
+            f"cannot {action} {uri} at {emulator_endpoint() or 'Google Cloud Storage'} (gave up after retrying for "
+            f"up to {seconds:.0f}s, see {RETRY_DEADLINE_ENV}): {type(error).__name__}: {error}"
         ) from error
 
 
@@ -169,8 +179,9 @@ def list_objects(uri_prefix: str) -> list[RemoteObject]:
     bucket, name = _bucket(uri_prefix)
     prefix = name.rstrip("/") + "/" if name else ""
     objects = []
-    with _gcs_errors("list", uri_prefix):
-        for blob in bucket.list_blobs(prefix=prefix, retry=_retry(), timeout=REQUEST_TIMEOUT_S):
+    log.info("listing %s at %s", uri_prefix, emulator_endpoint() or "Google Cloud Storage")
+    with _gcs_errors("list", uri_prefix, METADATA_DEADLINE_S):
+        for blob in bucket.list_blobs(prefix=prefix, retry=_retry(METADATA_DEADLINE_S), timeout=REQUEST_TIMEOUT_S):
             if blob.name.endswith("/"):
                 continue
             relative = _safe_relative(blob.name[len(prefix) :], uri_prefix)
@@ -215,8 +226,8 @@ def download_to_cache(uri: str, cache_dir: str | Path | None = None) -> Path:
     bucket, name = _bucket(uri)
     if not name or name.endswith("/"):
         raise StorageError(f"{uri!r} names a folder; give the URI of one object (or use stage_to_local)")
-    with _gcs_errors("read metadata of", uri):
-        blob = bucket.get_blob(name, retry=_retry(), timeout=REQUEST_TIMEOUT_S)
+    with _gcs_errors("read metadata of", uri, METADATA_DEADLINE_S):
+        blob = bucket.get_blob(name, retry=_retry(METADATA_DEADLINE_S), timeout=REQUEST_TIMEOUT_S)
     if blob is None:
         raise StorageNotFound(f"cannot download {uri}: no such object")
     folder = Path(cache_dir or default_cache_dir()) / "objects" / _uri_key(uri, blob.generation, blob.md5_hash)
@@ -253,8 +264,10 @@ def stage_to_local(uri: str | Path, dest: str | Path | None = None, progress: bo
     objects = list_objects(uri)
     if not objects:
         bucket, name = _bucket(uri)
-        with _gcs_errors("read metadata of", uri):
-            single = bucket.get_blob(name, retry=_retry(), timeout=REQUEST_TIMEOUT_S) if name else None
+        with _gcs_errors("read metadata of", uri, METADATA_DEADLINE_S):
+            single = (
+                bucket.get_blob(name, retry=_retry(METADATA_DEADLINE_S), timeout=REQUEST_TIMEOUT_S) if name else None
+            )
         if single is None:
             raise StorageNotFound(f"nothing to stage: no objects under {uri}; check the bucket and the path")
         return download_to_cache(uri, folder)

@@ -26,9 +26,9 @@ def default_storage(run_dir: Path, method: str) -> str:
     return str(Path(run_dir) / "studies" / f"{method}.journal")
 
 
-def stage_create_study(config: AutoFTConfig, method: str, storage: str) -> dict[str, int]:
-    """Create (or resume) ``method``'s study before its workers start; orphaned trials are failed."""
-    study = prepare_study(storage, config.search_for(method))
+def stage_create_study(config: AutoFTConfig, method: str, storage: str, workers: int = 1) -> dict[str, int]:
+    """Create (or resume) ``method``'s study for ``workers`` workers before they start; orphans are failed."""
+    study = prepare_study(storage, config.search_for(method), workers)
     return count_trials(study)
 
 

@@ -25,7 +25,7 @@ from autoft.atomic import atomic_path, atomic_write_text
 from autoft.config import FinetuneConfig
 from autoft.data.images import LabeledImages, TransformedImages
 from autoft.data.loaders import BatchStream, make_loader
-from autoft.errors import NonFiniteLossError
+from autoft.errors import CheckpointError, NonFiniteLossError
 from autoft.evaluate import autocast_context, metric_value, predict
 from autoft.hparams import Hyperparams
 from autoft.losses import LossBatch, ParameterAnchor, WeightedObjective
@@ -211,6 +211,16 @@ def _load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     return weights, payload
 
 
+def check_fingerprint(recorded: dict[str, str], current: dict[str, str], where: Path) -> None:
+    """A checkpoint may only continue the run that wrote it; the error names what differs."""
+    differs = sorted(key for key in set(recorded) | set(current) if recorded.get(key) != current.get(key))
+    if differs:
+        raise CheckpointError(
+            f"{where} was written by a different fine-tuning run ({', '.join(differs)} differ); resuming it would "
+            "mix two runs' states. Use another output folder, or delete it to start over"
+        )
+
+
 def finetune(
     model: CLIPClassifier,
     hparams: Hyperparams,
@@ -228,8 +238,13 @@ def finetune(
     eval_batch_size: int = 256,
     resume: bool = False,
     progress: bool = True,
+    fingerprint: dict[str, str] | None = None,
 ) -> FinetuneResult:
-    """Fine-tune ``model`` in place with ``hparams``; the best ID-val epoch's weights are saved."""
+    """Fine-tune ``model`` in place with ``hparams``; the best ID-val epoch's weights are saved.
+
+    ``fingerprint`` names what the run depends on (method, hyperparameters, data, starting weights,
+    settings); each checkpoint records it, and ``resume`` refuses a checkpoint of any other run.
+    """
     if train_images.class_names != model.class_names:
         raise ValueError(
             f"class mismatch: the head has {model.num_classes} classes, the training data "
@@ -261,6 +276,7 @@ def finetune(
     start_epoch, best_epoch, best_value = 0, -1, -math.inf
     if resume and (checkpoint.is_dir() or checkpoint.with_name(checkpoint.name + ".old").is_dir()):
         weights, payload = _load_checkpoint(checkpoint)
+        check_fingerprint(json.loads(payload.get("fingerprint", "{}")), fingerprint or {}, checkpoint)
         model.load_state_dict(weights)
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
@@ -335,6 +351,7 @@ def finetune(
                 "best_epoch": best_epoch,
                 "best_value": best_value,
                 "history": [json.dumps(asdict(item)) for item in history],
+                "fingerprint": json.dumps(fingerprint or {}, sort_keys=True),
             },
         )
         atomic_write_text(out_dir / "history.json", json.dumps([asdict(item) for item in history], indent=1))

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from urllib.parse import urlsplit, urlunsplit
 
-from autoft.errors import StorageError
+from autoft.errors import ConfigError, StorageError
 
 GCS_SCHEME = "gs://"
 # SQLAlchemy dialects Optuna's RDBStorage accepts; anything else with "://" is not a study storage.
@@ -39,6 +40,32 @@ def join_uri(base: str | os.PathLike[str], *parts: str) -> str:
 
 def is_rdb_url(storage: str) -> bool:
     return storage.startswith(RDB_PREFIXES)
+
+
+JOURNAL_SUFFIX = ".journal"
+_URL_TYPO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:?/{2}|^[A-Za-z][A-Za-z0-9+.-]*:[^/]|@")
+
+
+def check_study_storage(storage: str, where: str) -> str:
+    """An Optuna storage must be an RDB URL or a ``*.journal`` file; a typo must not become a local file."""
+    if not storage.strip():
+        raise ConfigError(f"{where} is empty: give a journal file (*.journal) or a database URL (postgresql://...)")
+    if "://" in storage:
+        if not is_rdb_url(storage):
+            scheme = storage.split("://", 1)[0]
+            raise ConfigError(
+                f"{where} {redact_url(storage)!r}: {scheme}:// is not a database Optuna can use; allowed: "
+                "postgresql://, mysql://, sqlite:/// or a local *.journal file"
+            )
+        return storage
+    if _URL_TYPO.search(storage):
+        raise ConfigError(
+            f"{where} {redact_url(storage)!r} looks like a mistyped database URL (no '://'); write e.g. "
+            "postgresql://user@host/db, or give a local *.journal file"
+        )
+    if not storage.endswith(JOURNAL_SUFFIX):
+        raise ConfigError(f"{where} {storage!r}: a local study storage is a journal file whose name ends in .journal")
+    return storage
 
 
 def url_password(url: str) -> str | None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from autoft.data.images import NO_GROUP, FileImages
+from autoft.data.images import NO_GROUP, FileImages, check_readable
 from autoft.data.manifests import DatasetSplits, save_file_split
 from autoft.data.templates import templates_for
 from autoft.errors import ConfigError, DataError
@@ -166,8 +166,14 @@ def _unknown_names_error(what: str, unknown: Sequence[str], class_names: Sequenc
     )
 
 
-def read_csv_split(path: Path, class_names: Sequence[str], *, what: str) -> FileImages:
-    """A CSV manifest ``path,label[,group]`` (label = class name); relative paths are relative to it."""
+def read_csv_split(
+    path: Path, class_names: Sequence[str], *, what: str, allow_outside_paths: bool = False
+) -> FileImages:
+    """A CSV manifest ``path,label[,group]`` (label = class name); relative paths are relative to it.
+
+    Rows may only name images inside the CSV's folder (no absolute paths, no ``..``), so a manifest
+    from elsewhere cannot make a step read arbitrary files, unless ``allow_outside_paths``.
+    """
     if not path.is_file():
         raise DataError(f"{what}: CSV manifest {path} not found")
     try:
@@ -185,8 +191,16 @@ def read_csv_split(path: Path, class_names: Sequence[str], *, what: str) -> File
     unknown = sorted({row["label"] for row in rows if _lookup(index, row["label"] or "") is None})
     if unknown:
         raise _unknown_names_error(f"{what} ({path})", unknown, class_names)
-    base = path.parent
-    paths = [str((base / row["path"]).resolve()) if not os.path.isabs(row["path"]) else row["path"] for row in rows]
+    base = path.parent.resolve()
+    paths = [str((base / (row["path"] or "")).resolve()) for row in rows]
+    if not allow_outside_paths:
+        outside = [row["path"] for row, full in zip(rows, paths, strict=True) if not Path(full).is_relative_to(base)]
+        if outside:
+            raise DataError(
+                f"{what}: {len(outside)} rows of {path} name images outside its folder, e.g. {outside[0]!r}; keep "
+                "images below the CSV's folder, or allow it (eval set option allow_absolute_paths: true, or "
+                "--allow-outside-paths)"
+            )
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         raise DataError(f"{what}: {len(missing)} images listed in {path} do not exist, e.g. {missing[0]}")
@@ -217,11 +231,14 @@ def read_folder_split(folder: Path, class_names: Sequence[str], *, what: str) ->
     return FileImages(paths=paths, labels=labels, class_names=list(class_names))
 
 
-def load_eval_set(kind: str, path: str | Path, class_names: Sequence[str]) -> FileImages:
+def load_eval_set(
+    kind: str, path: str | Path, class_names: Sequence[str], allow_outside_paths: bool = False
+) -> FileImages:
     """An extra evaluation shift: an image folder or a CSV manifest, labels mapped by class NAME.
 
     Labels are re-indexed to ``class_names`` (the model's class order), so an eval set may hold a
     subset of the classes in any order; a name the model does not know is an error, not a silent drop.
+    Every image is opened first: broken ones are reported together, before any compute.
     """
     location = str(path)
     if is_gcs(location):
@@ -232,10 +249,13 @@ def load_eval_set(kind: str, path: str | Path, class_names: Sequence[str]) -> Fi
         local = Path(location).expanduser()
     what = f"eval set {location!r}"
     if kind == "folder":
-        return read_folder_split(local, class_names, what=what)
-    if kind == "csv":
-        return read_csv_split(local, class_names, what=what)
-    raise ConfigError(f"eval set kind must be 'folder' or 'csv', got {kind!r}")
+        images = read_folder_split(local, class_names, what=what)
+    elif kind == "csv":
+        images = read_csv_split(local, class_names, what=what, allow_outside_paths=allow_outside_paths)
+    else:
+        raise ConfigError(f"eval set kind must be 'folder' or 'csv', got {kind!r}")
+    check_readable(images, what)
+    return images
 
 
 # ----------------------------------------------------------------------------------------------

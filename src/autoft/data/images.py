@@ -8,8 +8,11 @@ its class names. Large data stays where it is: file-backed collections decode on
 from __future__ import annotations
 
 import hashlib
+import os
+import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,10 +102,67 @@ class FileImages(LabeledImages):
     def image(self, index: int) -> Image.Image:
         path = self.paths[index]
         try:
-            with Image.open(path) as img:
+            with _bombs_are_errors(), Image.open(path) as img:
                 return img.convert("RGB")
-        except (OSError, ValueError) as error:
-            raise DataError(f"cannot read image {path}: {error}") from None
+        except UNREADABLE as error:
+            raise DataError(f"cannot read image {path}: {_reason(error)}") from None
+
+
+# Decoding fails with OSError (missing, truncated, not an image), ValueError, SyntaxError (malformed PNG
+# chunks) or PIL's DecompressionBombError; a size over the limit only warns unless turned into an error.
+UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning)
+MAX_PIXELS_ENV = "AUTOFT_MAX_IMAGE_PIXELS"
+
+
+@contextmanager
+def _bombs_are_errors() -> Iterator[None]:
+    """An image larger than the pixel limit (PIL's, or $AUTOFT_MAX_IMAGE_PIXELS) is an error, not a warning."""
+    limit = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    previous = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        if limit:
+            Image.MAX_IMAGE_PIXELS = int(limit)
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return f"more pixels than the limit of {Image.MAX_IMAGE_PIXELS}: a decompression bomb? raise {MAX_PIXELS_ENV}"
+    return str(error) or type(error).__name__
+
+
+def _file_paths(images: LabeledImages) -> list[str] | None:
+    """The files a split reads (through any subsets), or None for a split held in memory."""
+    positions = np.arange(len(images))
+    while isinstance(images, SubsetImages):
+        positions = images.indices[positions]
+        images = images.parent
+    return [images.paths[i] for i in positions] if isinstance(images, FileImages) else None
+
+
+def check_readable(images: LabeledImages, what: str, limit: int = 3) -> None:
+    """Before any compute: every image of a file-backed split opens (header read, data verified without
+    decoding the pixels), or one error gives the count of broken ones and the first few paths."""
+    paths = _file_paths(images)
+    problems: list[str] = []
+    count = 0
+    for path in paths or []:
+        try:
+            with _bombs_are_errors(), Image.open(path) as img:
+                img.verify()
+        except UNREADABLE as error:
+            count += 1
+            if len(problems) < limit:
+                problems.append(f"{path} ({_reason(error)})")
+    if count:
+        raise DataError(
+            f"{what}: {count} of {len(images)} images cannot be read, e.g. {'; '.join(problems)}. Fix or remove "
+            "them; nothing was evaluated"
+        )
 
 
 class SubsetImages(LabeledImages):

@@ -1,0 +1,644 @@
+"""A hostile but fair user: every bad input gets one clear line and the right exit code, before any compute.
+
+One table row per case: the command (placeholders filled from a small prepared workspace), the exit
+code, a phrase the message must contain, and (optionally) what must NOT have happened. Rows run the
+CLI in this process (``autoft.cli.main``), so an unexpected exception fails the row with its traceback:
+no row may end in a traceback. The Ctrl-C and disk cases run separately.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from autoft.cli import EXIT_FAILURE, EXIT_INTERRUPTED, main
+from autoft.config import config_to_dict
+from autoft.stages import finetune_hparams, stage_finetune, stage_prepare, stage_search, stage_zeroshot
+from autoft.study_stages import stage_create_study, stage_select_best
+from conftest import tiny_pipeline_config
+
+METHODS = ["zeroshot", "ft", "autoft", "autoft_ce"]
+SECRET = "hunter2-PASSWORD"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    argv: list[str]
+    code: int
+    phrase: str
+    env: dict[str, str] = field(default_factory=dict)
+    absent: tuple[str, ...] = ()  # paths (with placeholders) that must not exist afterwards
+    hidden: tuple[str, ...] = ()  # text that must not appear in the output (secrets)
+
+
+def _png_bomb(path: Path) -> None:
+    """A PNG whose header claims 60000 x 60000 pixels (3.6 gigapixels) with almost no data behind it."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 60_000, 60_000, 8, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A prepared workspace: data, a zero-shot model, a finished autoft search, a finished fine-tune."""
+    root = tmp_path_factory.mktemp("hostile")
+    config = tiny_pipeline_config("hostile", METHODS)
+    (root / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config)))
+    torch.set_num_threads(1)
+    stage_prepare(config, root / "data")
+    stage_zeroshot(config, root / "data", root / "zeroshot")
+    journal = str(root / "studies" / "autoft.journal")
+    stage_create_study(config, "autoft", journal)
+    stage_search(config, root / "data", root / "zeroshot", "autoft", journal, progress=False)
+    stage_select_best(config, "autoft", journal, root / "search" / "autoft.json")
+    hparams = finetune_hparams("autoft", {"autoft": root / "search" / "autoft.json"})
+    stage_finetune(config, root / "data", root / "zeroshot", "autoft", hparams, root / "ft-done", progress=False)
+    partial = root / "ft-partial"
+    shutil.copytree(root / "ft-done", partial)
+    (partial / "finetune.json").unlink()  # as if killed after its epoch checkpoint
+
+    (root / "empty.yaml").write_text("# nothing but a comment\n")
+    good = root / "photos" / "zero"
+    good.mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (32, 32), (40 * i, 0, 0)).save(good / f"{i}.png")
+    bombs = root / "bombs" / "zero"
+    bombs.mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(bombs / "fine.png")
+    _png_bomb(bombs / "bomb.png")
+    broken = root / "broken" / "one"
+    broken.mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(broken / "ok.png")
+    (broken / "cut.png").write_bytes((broken / "ok.png").read_bytes()[:40])
+    (broken / "text.jpg").write_text("not an image at all")
+    escape = root / "csvs" / "inner"
+    escape.mkdir(parents=True)
+    (escape / "eval.csv").write_text("path,label\n../../photos/zero/0.png,zero\n")
+    return {
+        "root": str(root),
+        "config": str(root / "config.yaml"),
+        "data": str(root / "data"),
+        "zeroshot": str(root / "zeroshot"),
+        "journal": journal,
+        "search": str(root / "search" / "autoft.json"),
+        "done": str(root / "ft-done"),
+        "partial": str(root / "ft-partial"),
+    }
+
+
+def _fill(value: str, ws: dict[str, str]) -> str:
+    return value.format(**ws)
+
+
+CONFIG = ["--config", "{config}"]
+DATA = ["--data", "{data}", "--zeroshot", "{zeroshot}"]
+FINETUNE = ["step", "finetune", *CONFIG, *DATA, "--hparams", "autoft={search}"]
+
+CASES = [
+    # --- the config, before anything is read -----------------------------------------------------------
+    Case(
+        "unknown method in the config",
+        ["config", "show", "--set", "methods=[zeroshot,bogus]"],
+        2,
+        "unknown methods ['bogus']",
+    ),
+    Case(
+        "yes is not a number",
+        ["config", "show", "--set", "search.n_trials=yes"],
+        2,
+        "search.n_trials: Input should be a valid integer (got True)",
+    ),
+    Case("empty config file", ["config", "show", "--config", "{root}/empty.yaml"], 2, "is empty"),
+    Case("unknown preset", ["config", "show", "--preset", "digitz"], 2, "unknown preset 'digitz'"),
+    Case(
+        "dataset option typo",
+        ["config", "show", "--set", "data.options.ood_val_shfit=invert"],
+        2,
+        "ood_val_shfit: unknown key",
+    ),
+    Case(
+        "mistyped storage URL in the config",
+        ["config", "show", "--set", "search.storage=postgres//u@db/optuna"],
+        2,
+        "mistyped database URL",
+    ),
+    Case(
+        "storage that is not a database",
+        ["config", "show", "--set", "search.storage=redis://db:6379"],
+        2,
+        "redis:// is not a database",
+    ),
+    Case("override without a value", ["config", "show", "--set", "search.n_trials"], 2, "use KEY=VALUE"),
+    # --- steps: arguments checked before compute --------------------------------------------------------
+    Case(
+        "bogus method: search",
+        ["step", "search", *CONFIG, *DATA, "--method", "bogus", "--storage", "{root}/x.journal"],
+        2,
+        "--method 'bogus' is not in this config's methods",
+    ),
+    Case(
+        "bogus method: select-best",
+        ["step", "select-best", *CONFIG, "--method", "bogus", "--storage", "{journal}", "--out", "{root}/o.json"],
+        2,
+        "--method 'bogus' is not in this config's methods",
+        absent=("{root}/o.json",),
+    ),
+    Case(
+        "bogus method: finetune",
+        [*FINETUNE, "--method", "bogus", "--out", "{root}/ftx"],
+        2,
+        "--method 'bogus' is not in this config's methods",
+        absent=("{root}/ftx",),
+    ),
+    Case(
+        "zeroshot is not fine-tuned", [*FINETUNE, "--method", "zeroshot", "--out", "{root}/ftz"], 2, "is not fine-tuned"
+    ),
+    Case(
+        "mistyped storage URL",
+        ["step", "search", *CONFIG, *DATA, "--method", "autoft", "--storage", "postgres//u@db/optuna"],
+        2,
+        "mistyped database URL",
+        absent=("postgres//u@db/optuna",),
+    ),
+    Case(
+        "mistyped journal in select-best",
+        [
+            "step",
+            "select-best",
+            *CONFIG,
+            "--method",
+            "autoft",
+            "--storage",
+            "{root}/studies/autoft.jornal",
+            "--out",
+            "{root}/o.json",
+        ],
+        2,
+        "ends in .journal",
+        absent=("{root}/studies/autoft.jornal",),
+    ),
+    Case(
+        "missing journal in select-best",
+        [
+            "step",
+            "select-best",
+            *CONFIG,
+            "--method",
+            "autoft",
+            "--storage",
+            "{root}/studies/none.journal",
+            "--out",
+            "{root}/o.json",
+        ],
+        2,
+        "no study at",
+        absent=("{root}/studies/none.journal", "{root}/o.json"),
+    ),
+    Case(
+        "study budget changed",
+        [
+            "step",
+            "search",
+            *CONFIG,
+            *DATA,
+            "--method",
+            "autoft",
+            "--storage",
+            "{journal}",
+            "--set",
+            "search.n_trials=5",
+        ],
+        2,
+        "was created for search.n_trials=2, not 5",
+    ),
+    Case(
+        "worker index out of range",
+        [
+            "step",
+            "search",
+            *CONFIG,
+            *DATA,
+            "--method",
+            "autoft",
+            "--storage",
+            "{root}/w.journal",
+            "--workers",
+            "2",
+            "--worker-index",
+            "2",
+        ],
+        2,
+        "worker index 2 is not in 0..1",
+        absent=("{root}/w.journal",),
+    ),
+    Case(
+        "hparams of an unsearched method",
+        [*FINETUNE, "--method", "autoft", "--hparams", "flyp={search}", "--out", "{root}/fth"],
+        2,
+        "--hparams names ['flyp']",
+    ),
+    Case(
+        "hparams file of another schema",
+        [
+            "step",
+            "finetune",
+            *CONFIG,
+            *DATA,
+            "--method",
+            "autoft",
+            "--hparams",
+            "autoft={done}/finetune.json",
+            "--out",
+            "{root}/fts",
+        ],
+        2,
+        "schema 'autoft.finetune/v1', expected 'autoft.search/v1'",
+    ),
+    Case(
+        "resume another run's checkpoint",
+        [*FINETUNE, "--method", "autoft", "--out", "{partial}", "--resume", "--set", "finetune.epochs=2"],
+        2,
+        "was written by a different fine-tuning run (finetune settings differ)",
+    ),
+    Case(
+        "resume with other loss weights",
+        [*FINETUNE, "--method", "autoft_ce", "--out", "{partial}", "--resume"],
+        2,
+        "hparams, method differ",
+    ),
+    Case(
+        "resume a finished run",
+        [*FINETUNE, "--method", "autoft", "--out", "{done}", "--resume"],
+        0,
+        "had already finished",
+    ),
+    Case(
+        "device=cuda without a GPU",
+        ["step", "zeroshot", *CONFIG, "--data", "{data}", "--out", "{root}/zs", "--set", "device=cuda"],
+        2,
+        "no CUDA device is visible",
+    ),
+    Case(
+        "missing pretrained weights",
+        [
+            "step",
+            "zeroshot",
+            *CONFIG,
+            "--data",
+            "{data}",
+            "--out",
+            "{root}/zs",
+            "--set",
+            "model.pretrained={root}/none.safetensors",
+        ],
+        2,
+        "pretrained weights file not found",
+        absent=("{root}/zs",),
+    ),
+    Case(
+        "unknown eval set",
+        [
+            "step",
+            "evaluate",
+            *CONFIG,
+            "--data",
+            "{data}",
+            "--eval-set",
+            "fog",
+            "--model",
+            "z={zeroshot}",
+            "--out",
+            "{root}/e.json",
+        ],
+        2,
+        "no split 'fog'",
+        absent=("{root}/e.json",),
+    ),
+    Case(
+        "--model without a name",
+        ["step", "evaluate", *CONFIG, "--data", "{data}", "--model", "{zeroshot}", "--out", "{root}/e.json"],
+        2,
+        "--model",
+        absent=("{root}/e.json",),
+    ),
+    Case(
+        "eval folder and csv together",
+        [
+            "step",
+            "evaluate",
+            "--eval-folder",
+            "{root}/photos",
+            "--eval-csv",
+            "{root}/csvs/inner/eval.csv",
+            "--model",
+            "z={zeroshot}",
+            "--out",
+            "{root}/e.json",
+        ],
+        2,
+        "not allowed with argument",
+    ),
+    Case(
+        "decompression bomb",
+        ["step", "evaluate", "--eval-folder", "{root}/bombs", "--model", "z={zeroshot}", "--out", "{root}/e.json"],
+        2,
+        "decompression bomb",
+        absent=("{root}/e.json",),
+    ),
+    Case(
+        "unreadable images",
+        ["step", "evaluate", "--eval-folder", "{root}/broken", "--model", "z={zeroshot}", "--out", "{root}/e.json"],
+        2,
+        "2 of 3 images cannot be read",
+        absent=("{root}/e.json",),
+    ),
+    Case(
+        "csv path escaping its folder",
+        [
+            "step",
+            "evaluate",
+            "--eval-csv",
+            "{root}/csvs/inner/eval.csv",
+            "--model",
+            "z={zeroshot}",
+            "--out",
+            "{root}/e.json",
+        ],
+        2,
+        "outside its folder",
+        absent=("{root}/e.json",),
+    ),
+    Case(
+        "unreachable GCS endpoint",
+        [
+            "step",
+            "evaluate",
+            "--eval-folder",
+            "gs://bucket/photos",
+            "--model",
+            "z={zeroshot}",
+            "--out",
+            "{root}/e.json",
+        ],
+        2,
+        "cannot list gs://bucket/photos",
+        env={"STORAGE_EMULATOR_HOST": "127.0.0.1:9", "AUTOFT_GCS_RETRY_DEADLINE": "3"},
+    ),
+    # --- Kubeflow: nothing secret or mistyped reaches the pipeline --------------------------------------
+    Case(
+        "password in a submitted storage URL",
+        [
+            "submit",
+            "--host",
+            "http://127.0.0.1:9",
+            "--dry-run",
+            "--preset",
+            "smoke",
+            "--set",
+            f"search.storage=postgresql://u:{SECRET}@db/optuna",
+        ],
+        2,
+        "search.storage holds a URL with a password",
+        hidden=(SECRET,),
+    ),
+    Case(
+        "password in a submitted tracking URI",
+        [
+            "submit",
+            "--host",
+            "http://127.0.0.1:9",
+            "--dry-run",
+            "--preset",
+            "smoke",
+            "--set",
+            f"tracking.mlflow_uri=postgresql://u:{SECRET}@db/mlflow",
+        ],
+        2,
+        "autoft-mlflow-auth",
+        hidden=(SECRET,),
+    ),
+    Case(
+        "password in a --param",
+        [
+            "submit",
+            "--host",
+            "http://127.0.0.1:9",
+            "--dry-run",
+            "--preset",
+            "smoke",
+            "--param",
+            f"mlflow_tracking_uri=https://u:{SECRET}@mlflow",
+        ],
+        2,
+        "mlflow_tracking_uri holds a URL with a password",
+        hidden=(SECRET,),
+    ),
+    Case(
+        "password in a compiled default",
+        [
+            "compile",
+            "--preset",
+            "smoke",
+            "--output",
+            "{root}/p.yaml",
+            "--set",
+            f"search.storage=postgresql://u:{SECRET}@db/optuna",
+        ],
+        2,
+        "AUTOFT_OPTUNA_STORAGE",
+        hidden=(SECRET,),
+        absent=("{root}/p.yaml",),
+    ),
+    Case(
+        "parameter of the wrong type",
+        ["submit", "--host", "http://127.0.0.1:9", "--dry-run", "--preset", "smoke", "--param", "search_workers=abc"],
+        2,
+        "expected number integer, got 'abc'",
+    ),
+    Case(
+        "unknown parameter",
+        ["submit", "--host", "http://127.0.0.1:9", "--dry-run", "--preset", "smoke", "--param", "serch_workers=4"],
+        2,
+        "is not a pipeline parameter",
+    ),
+]
+
+
+@pytest.fixture
+def run(
+    ws: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Callable[[Case], tuple[int, str]]:
+    def invoke(case: Case) -> tuple[int, str]:
+        for key, value in case.env.items():
+            monkeypatch.setenv(key, value)
+        try:
+            code = main([_fill(arg, ws) for arg in case.argv])
+        except SystemExit as exit_:  # argparse's usage errors: a usage line and exit 2
+            code = int(exit_.code or 0)
+        captured = capsys.readouterr()
+        return code, captured.out + captured.err
+
+    return invoke
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_hostile_input(case: Case, ws: dict[str, str], run: Callable[[Case], tuple[int, str]]) -> None:
+    if case.name == "device=cuda without a GPU" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    code, output = run(case)
+    assert code == case.code, output
+    assert case.phrase in output, output
+    assert "Traceback" not in output
+    for text in case.hidden:
+        assert text not in output
+    for path in case.absent:
+        assert not Path(_fill(path, ws)).exists(), f"{path} was created"
+
+
+def test_the_table_covers_the_issue(ws: dict[str, str]) -> None:
+    assert len(CASES) >= 27
+    assert len({case.name for case in CASES}) == len(CASES)
+
+
+def test_argparse_conflicts_are_usage_errors(ws: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["config", "show", "--preset", "smoke", "--config", ws["config"]])
+    assert exit_.value.code == 2 and "not allowed with argument --preset" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------
+# Ctrl-C, full and read-only disks: one line, exit 130 / 1, nothing half-written, the folder says so.
+# ----------------------------------------------------------------------------------------------------
+
+
+def _cli(*args: str, **kwargs) -> subprocess.Popen[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "autoft.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        **kwargs,
+    )
+
+
+def test_ctrl_c_ends_with_one_line_and_130_and_marks_the_run(ws: dict[str, str], tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    process = _cli(
+        "run", "--runner", "inprocess", "--config", ws["config"], "--out", str(run_dir), "--set", "search.n_trials=200"
+    )
+    status = run_dir / "run_status.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (run_dir / "studies").exists():
+        time.sleep(0.2)  # the search has started
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == EXIT_INTERRUPTED, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert json.loads(status.read_text())["state"] == "interrupted"
+    assert not [p for p in run_dir.rglob(".*.tmp")], "no temporary file left behind"
+
+
+@pytest.fixture
+def small_mount(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Mount a tiny tmpfs (root only): ``mount("size=200k")`` or ``mount("ro")``."""
+    mounted: list[Path] = []
+
+    def mount(options: str) -> Path:
+        point = tmp_path / f"mnt{len(mounted)}"
+        point.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True)
+        if result.returncode:
+            pytest.skip(f"cannot mount a tmpfs here ({result.stderr.decode().strip()}); needs root")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", str(point)], check=False)
+
+
+@pytest.mark.parametrize(
+    ("options", "reason"), [("size=200k", "No space left on device"), ("ro", "Read-only file system")]
+)
+def test_a_full_or_read_only_disk_is_one_line_and_exit_1(
+    options: str,
+    reason: str,
+    ws: dict[str, str],
+    small_mount: Callable[[str], Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder = small_mount(options)
+    code = main(["step", "prepare", "--config", ws["config"], "--out", str(folder / "data")])
+    err = capsys.readouterr().err
+    assert code == EXIT_FAILURE, err
+    assert reason in err and "free space or pick a writable folder" in err
+    assert "Traceback" not in err
+    assert not [p for p in folder.rglob("*") if p.is_file() and p.name.endswith(".tmp")]
+
+
+def test_a_killed_cli_search_worker_started_again_completes_exactly_n_trials(
+    ws: dict[str, str], tmp_path: Path
+) -> None:
+    """The default local search (a journal file): kill -9 `autoft step search` mid-trial, run it again."""
+    import optuna
+
+    from autoft.config import resolve_config
+    from autoft.search.study import load_existing_study
+
+    journal = str(tmp_path / "autoft.journal")
+    overrides = ["--set", "search.n_trials=5", "--set", "search.inner_steps=40"]
+    argv = ["step", "search", "--config", ws["config"], "--data", ws["data"], "--zeroshot", ws["zeroshot"]]
+    argv += ["--method", "autoft", "--storage", journal, *overrides]
+    search = resolve_config(config_file=ws["config"], overrides=overrides[1::2]).search_for("autoft")
+    first = _cli(*argv)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert first.poll() is None, first.communicate()[1]
+            assert time.monotonic() < deadline, "the search did not get going within 180 s"
+            if Path(journal).exists():
+                trials = load_existing_study(journal, search).trials
+                states = [t.state for t in trials]
+                if (
+                    states.count(optuna.trial.TrialState.COMPLETE) >= 2
+                    and states[-1] == optuna.trial.TrialState.RUNNING
+                ):
+                    break
+            time.sleep(0.1)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == -signal.SIGKILL
+    again = _cli(*argv)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    study = load_existing_study(journal, search)
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 5 and states.count("RUNNING") == 0, states
+    assert states.count("FAIL") >= 1, "the killed worker's trial was failed when it started again"
