@@ -112,17 +112,26 @@ class FileImages(LabeledImages):
 # chunks) or PIL's DecompressionBombError; a size over the limit only warns unless turned into an error.
 UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 MAX_PIXELS_ENV = "AUTOFT_MAX_IMAGE_PIXELS"
+# PIL's own default (about 89 megapixels). Set explicitly each time: wilds' FMoW module raises the
+# process-wide limit to 10 gigapixels when it is imported.
+DEFAULT_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3
+
+
+def max_image_pixels() -> int:
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    try:
+        return int(raw) if raw else DEFAULT_MAX_PIXELS
+    except ValueError:
+        raise DataError(f"{MAX_PIXELS_ENV}={raw!r} is not a whole number of pixels") from None
 
 
 @contextmanager
 def _bombs_are_errors() -> Iterator[None]:
-    """An image larger than the pixel limit (PIL's, or $AUTOFT_MAX_IMAGE_PIXELS) is an error, not a warning."""
-    limit = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    """An image larger than the pixel limit ($AUTOFT_MAX_IMAGE_PIXELS, else PIL's default) is an error."""
     previous = Image.MAX_IMAGE_PIXELS
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        if limit:
-            Image.MAX_IMAGE_PIXELS = int(limit)
+        Image.MAX_IMAGE_PIXELS = max_image_pixels()
         try:
             yield
         finally:
