@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup run test lint format compile mlflow-ui bench clean help
+.PHONY: setup run test lint format compile mlflow-ui bench clean help browser-deps mlflow-screenshot
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -38,7 +38,19 @@ compile: setup  ## recompile pipeline/compiled/autoft_pipeline.yaml (commit the 
 	$(BIN)/autoft compile
 
 mlflow-ui: setup  ## open the local MLflow UI on the runs of `make run` (http://127.0.0.1:5000)
+	@echo "MLflow UI, model-training view: http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///runs/mlflow.db --host 127.0.0.1 --port 5000
+
+# Debian's Chromium and ChromeDriver for the MLflow UI test (tests/test_mlflow_ui.py); installed only when missing.
+browser-deps:  ## install chromium + chromium-driver from Debian when missing (root)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  test "$$(id -u)" = 0 || { echo "browser-deps: run as root, or install chromium and chromium-driver" >&2; exit 1; }; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null \
+	  || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; }; }
+	@chromium --version
+
+mlflow-screenshot: setup browser-deps  ## check the MLflow UI of `make run`'s runs in Chromium; screenshot to docs/images/
+	HF_HUB_OFFLINE=1 $(BIN)/python tests/mlflow_screenshot.py runs/mlflow.db docs/images
 
 bench: setup  ## robustness over 3 seeds -> docs/results/digits.md; loss-term kernels
 	$(BIN)/python bench/loss_terms.py

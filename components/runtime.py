@@ -21,8 +21,7 @@ from autoft.errors import ConfigError
 from autoft.urls import is_rdb_url, redact_url, url_password
 
 if TYPE_CHECKING:
-    from autoft.contracts import Results
-    from autoft.tracking import Tracker
+    from components.tracking import PipelineRuns
 
 # The cluster's shared Optuna storage (PostgreSQL URL with its password), from the secret
 # autoft-pipeline-env (manifests/overlays/*/pipeline.env.example); env, so it never shows in the UI.
@@ -217,96 +216,17 @@ def check_candidate(candidate_method: str, methods: list[str]) -> None:
     )
 
 
-def open_tracker(config: AutoFTConfig, mlflow_uri: str, output_dir: str) -> Tracker:
-    """The run's MLflow tracker (autoft.tracking), strict: a step whose tracking fails must fail.
+def open_runs(
+    config: AutoFTConfig, mlflow_uri: str, output_dir: str, run_id: str, *, start: bool = False, **tags: str
+) -> PipelineRuns:
+    """This pipeline run's MLflow run tree (components/tracking.py); ``start`` only in the first step."""
+    from components.tracking import PipelineRuns
 
-    Its run root (the journal of unsent calls, and SQLite's artifact store) is ``output_dir`` when set.
-    """
-    from autoft.tracking import Tracker
-
-    root = Path(output_dir) if output_dir.strip() else Path(tempfile.mkdtemp(prefix="autoft-tracking-"))
-    return Tracker(
+    return PipelineRuns.open(
         resolve_mlflow_uri(mlflow_uri, config, output_dir),
         config.tracking.experiment,
-        run_root=root,
-        registered_model=config.tracking.registered_model,
-        strict=True,
+        run_id,
+        start=start,
+        run_name=f"{config.preset}-{run_id[:8]}" if start else None,
+        tags=tags or None,
     )
-
-
-def start_pipeline_run(tracker: Tracker, run_id: str, mlflow_run_id: str = "", run_name: str | None = None) -> str:
-    """The MLflow run of this pipeline run: ``mlflow_run_id`` when given, else the one tagged with the
-    KFP run id (created by the first step that asks), else KFP's injected MLFLOW_RUN_ID."""
-    from autoft.tracking import ENV_KFP_RUN_ID
-
-    # Tracker finds the pipeline's run by the KFP run id it reads from the environment; set it for
-    # this call only, so a step function called in-process (tests) leaves the environment as it was.
-    previous = os.environ.get(ENV_KFP_RUN_ID)
-    os.environ[ENV_KFP_RUN_ID] = run_id
-    try:
-        parent = tracker.start_pipeline_run(run_name, parent_run_id=mlflow_run_id.strip() or None)
-    finally:
-        if previous is None:
-            os.environ.pop(ENV_KFP_RUN_ID, None)
-        else:
-            os.environ[ENV_KFP_RUN_ID] = previous
-    if not parent:
-        raise RuntimeError(f"no MLflow pipeline run for KFP run {run_id} at {tracker.safe_uri}")
-    return parent
-
-
-def results_metrics(results: Results) -> dict[str, float]:
-    """results.json as MLflow metrics: ``<method>.id_test``, ``<method>.ood.<shift>``, ``<method>.ood_avg``, ..."""
-    metrics: dict[str, float] = {}
-    for method, row in results.methods.items():
-        for key in ("id_val", "id_test", "ood_avg"):
-            value = getattr(row, key)
-            if value is not None:
-                metrics[f"{method}.{key}"] = float(value)
-        for shift, value in row.ood.items():
-            metrics[f"{method}.ood.{shift}"] = float(value)
-    for method, search in results.search.items():
-        metrics[f"search.{method}.best_value"] = search.best_value
-        metrics[f"search.{method}.trials_complete"] = float(search.trials_complete)
-    for stage, seconds in results.timing_s.items():
-        metrics[f"timing_s.{stage}"] = float(seconds)
-    return metrics
-
-
-def close_pipeline_runs(
-    config: AutoFTConfig, mlflow_uri: str, output_dir: str, run_id: str, succeeded: bool
-) -> list[str]:
-    """End this pipeline run's MLflow runs still RUNNING: the pipeline run itself (FINISHED, or FAILED when
-    the pipeline failed) and any step run cut short (KILLED). Returns the ids it ended.
-
-    Nothing is created: with a SQLite store that does not exist yet (the run failed before the report),
-    or no run tagged with this KFP run id, there is nothing to close.
-    """
-    from autoft.tracking import TAG_KFP_RUN_ID, TAG_PIPELINE_RUN, TAG_ROLE
-
-    uri = resolve_mlflow_uri(mlflow_uri, config, output_dir)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        return []
-    if "'" in run_id:
-        raise ValueError(f"unexpected quote in the KFP run id {run_id!r}")
-    tracker = open_tracker(config, mlflow_uri, output_dir)
-    experiment = tracker.client.get_experiment_by_name(config.tracking.experiment)
-    if experiment is None:
-        return []
-    found = tracker.client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.`{TAG_KFP_RUN_ID}` = '{run_id}' and tags.`{TAG_ROLE}` = 'pipeline'",
-    )
-    closed: list[str] = []
-    for pipeline_run in found:
-        children = tracker.client.search_runs(
-            [experiment.experiment_id],
-            filter_string=f"tags.`{TAG_PIPELINE_RUN}` = '{pipeline_run.info.run_id}' and attributes.status = 'RUNNING'",
-        )
-        for child in children:
-            tracker.client.set_terminated(child.info.run_id, "KILLED")
-            closed.append(child.info.run_id)
-        if pipeline_run.info.status == "RUNNING":
-            tracker.client.set_terminated(pipeline_run.info.run_id, "FINISHED" if succeeded else "FAILED")
-            closed.append(pipeline_run.info.run_id)
-    return closed

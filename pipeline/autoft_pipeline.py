@@ -13,6 +13,7 @@ from components.evaluate.component import evaluate
 from components.finalize.component import finalize
 from components.finetune.component import finetune
 from components.gate.component import gate
+from components.image import STEP_IMAGE
 from components.prepare_data.component import prepare_data
 from components.register.component import register
 from components.report.component import report
@@ -102,6 +103,8 @@ def build_pipeline(config: AutoFTConfig, settings: ClusterSettings | None = None
         """
         common = {"config_yaml": config_yaml, "config_overrides": config_overrides, "methods": methods}
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        # Steps that add to the run's MLflow tree find it by the KFP run id (components/tracking.py).
+        tracked = {"run_id": run_id, "mlflow_tracking_uri": mlflow_tracking_uri, "output_dir": output_dir}
 
         cleanup = finalize(
             **common,
@@ -114,8 +117,8 @@ def build_pipeline(config: AutoFTConfig, settings: ClusterSettings | None = None
         cleanup.set_caching_options(False)
 
         with dsl.ExitHandler(cleanup, name="autoft-run"):
-            prepare = prepare_data(**common, candidate_method=candidate_method)
-            with_datasets(step(prepare, "prepare data", settings.light), settings)
+            prepare = prepare_data(**common, **tracked, candidate_method=candidate_method, step_image=STEP_IMAGE)
+            with_mlflow(with_datasets(step(prepare, "prepare data", settings.light), settings))
             prepared = prepare.outputs["prepared"]
 
             zeroshot_task = build_zeroshot(**common, prepared=prepared)
@@ -133,16 +136,16 @@ def build_pipeline(config: AutoFTConfig, settings: ClusterSettings | None = None
                 with dsl.ParallelFor(study.output, parallelism=parallelism, name=f"search-{method}") as worker:
                     search = search_worker(
                         **common,
+                        **tracked,
                         method=method,
                         worker_index=worker.worker_index,
                         workers=worker.workers,
                         storage=worker.storage,
                         study_name=worker.study_name,
-                        run_id=run_id,
                         prepared=prepared,
                         zeroshot=zeroshot,
                     )
-                    with_study_storage(step(search, f"search worker: {method}", settings.training))
+                    with_mlflow(with_study_storage(step(search, f"search worker: {method}", settings.training)))
                     gpu_task(search, settings, settings.training, retries=settings.search_retries)
                     search.set_caching_options(False)
                 best[method] = select_best(**common, method=method, study_storage=study_storage, run_id=run_id)
@@ -154,12 +157,13 @@ def build_pipeline(config: AutoFTConfig, settings: ClusterSettings | None = None
             for method in finetuned:
                 tuned[method] = finetune(
                     **common,
+                    **tracked,
                     method=method,
                     prepared=prepared,
                     zeroshot=zeroshot,
                     hparams=best[hparams_source(method)].outputs["best_hparams"],
                 )
-                step(tuned[method], f"fine-tune: {method}", settings.training)
+                with_mlflow(step(tuned[method], f"fine-tune: {method}", settings.training))
                 gpu_task(tuned[method], settings, settings.training, retries=settings.finetune_retries)
 
             # Each method's model: a fine-tune step's output (WiSE-FT variants take its interpolated model).
@@ -185,9 +189,7 @@ def build_pipeline(config: AutoFTConfig, settings: ClusterSettings | None = None
 
             summary = report(
                 **common,
-                run_id=run_id,
-                mlflow_tracking_uri=mlflow_tracking_uri,
-                output_dir=output_dir,
+                **tracked,
                 prepared=prepared,
                 evals=dsl.Collected(evaluation.outputs["results"]),
                 **{f"{m}_search": best[m].outputs["best_hparams"] for m in searched},
@@ -195,19 +197,15 @@ def build_pipeline(config: AutoFTConfig, settings: ClusterSettings | None = None
             )
             with_mlflow(step(summary, "report", settings.light))
             summary.set_caching_options(False)
-            mlflow_run_id = summary.outputs["Output"]
 
             if has_candidate:
                 decision = gate(
                     **common,
+                    **tracked,
                     candidate_method=candidate_method,
                     gate_baselines=gate_baselines,
                     gate_min_gain=gate_min_gain,
                     registered_model=registered_model,
-                    mlflow_tracking_uri=mlflow_tracking_uri,
-                    output_dir=output_dir,
-                    run_id=run_id,
-                    mlflow_run_id=mlflow_run_id,
                     results=summary.outputs["results"],
                 )
                 with_mlflow(step(decision, "gate: beats baselines and champion?", settings.light))
@@ -217,15 +215,11 @@ def build_pipeline(config: AutoFTConfig, settings: ClusterSettings | None = None
                 with dsl.If(decision.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
                     registration = register(
                         **common,
-                        run_id=run_id,
+                        **tracked,
                         candidate_method=candidate_method,
                         registered_model=registered_model,
                         gate_min_gain=gate_min_gain,
-                        mlflow_tracking_uri=mlflow_tracking_uri,
-                        output_dir=output_dir,
-                        mlflow_run_id=mlflow_run_id,
                         results=summary.outputs["results"],
-                        **{m: models[m] for m in CANDIDATE_METHODS if m in models},
                     )
                     with_mlflow(step(registration, "register champion", settings.light))
                     registration.set_caching_options(False)

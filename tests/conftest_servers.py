@@ -57,47 +57,31 @@ def gcs(fake_gcs_server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> GcsE
     return GcsEmulator(fake_gcs_server)
 
 
-@dataclass
-class _MlflowLaunches:
-    sqlite: ServerProcess
-    postgres: ServerProcess | None
-
-
 @pytest.fixture(scope="session")
-def _mlflow_launches(
-    tmp_path_factory: pytest.TempPathFactory, fake_gcs_server: ServerProcess
-) -> Iterator[_MlflowLaunches]:
-    """Launch both mlflow servers at once (each spends ~10 s importing and migrating), wait later."""
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory, fake_gcs_server: ServerProcess) -> Iterator[ServerProcess]:
+    """``mlflow server`` as a cluster runs it: a PostgreSQL backend store (SQLite where the tests have no
+    PostgreSQL) and proxied artifacts in gs:// on the emulator; the server, not the client, gets the
+    emulator's address, as it would get the bucket's credentials."""
     workdir = tmp_path_factory.mktemp("mlflow")
     create_bucket(fake_gcs_server.url, MLFLOW_ARTIFACT_BUCKET)
-    # SQLite backend; proxied artifacts in gs:// on the emulator. The server process, not the test,
-    # writes them, so it gets the emulator address.
-    sqlite = start_mlflow_server(
-        f"sqlite:///{workdir / 'mlflow.db'}",
-        f"gs://{MLFLOW_ARTIFACT_BUCKET}/artifacts",
-        workdir,
-        env={"STORAGE_EMULATOR_HOST": fake_gcs_server.url},
-        wait=False,
-    )
     with contextlib.ExitStack() as stack:
-        postgres = None
         admin_url = postgres_admin_url()
-        if admin_url:
-            # PostgreSQL backend store in a database of its own; artifacts on local disk.
-            url = stack.enter_context(temporary_database(admin_url, prefix="autoft_test_mlflow"))
-            postgres = start_mlflow_server(database_url(url), str(workdir / "pg-artifacts"), workdir, wait=False)
+        backend = (
+            database_url(stack.enter_context(temporary_database(admin_url, prefix="autoft_test_mlflow")))
+            if admin_url
+            else f"sqlite:///{workdir / 'mlflow.db'}"
+        )
+        server = start_mlflow_server(
+            backend,
+            f"gs://{MLFLOW_ARTIFACT_BUCKET}/artifacts",
+            workdir,
+            env={"STORAGE_EMULATOR_HOST": fake_gcs_server.url},
+            wait=False,
+        )
         try:
-            yield _MlflowLaunches(sqlite, postgres)
+            yield wait_for_mlflow(server)
         finally:
-            for server in (sqlite, postgres):
-                if server is not None:
-                    server.stop()
-
-
-@pytest.fixture(scope="session")
-def mlflow_server(_mlflow_launches: _MlflowLaunches) -> ServerProcess:
-    """``mlflow server`` on SQLite whose proxied artifacts live in gs:// on the emulator."""
-    return wait_for_mlflow(_mlflow_launches.sqlite)
+            server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -113,10 +97,3 @@ def postgres_db(postgres_url: str) -> Iterator[str]:
     """A database of its own for one test (created, then dropped with its connections)."""
     with temporary_database(postgres_url) as url:
         yield url
-
-
-@pytest.fixture(scope="session")
-def mlflow_server_postgres(postgres_url: str, _mlflow_launches: _MlflowLaunches) -> ServerProcess:
-    """``mlflow server`` whose backend store is PostgreSQL (its own database), artifacts on disk."""
-    assert _mlflow_launches.postgres is not None
-    return wait_for_mlflow(_mlflow_launches.postgres)

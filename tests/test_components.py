@@ -56,6 +56,7 @@ from autoft.errors import ConfigError
 from conftest import tiny_pipeline_config
 
 METHODS = ["zeroshot", "autoft", "autoft_ce", "autoft_wiseft"]
+DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 RUN_ID = "run-1"
 
 
@@ -89,9 +90,17 @@ def common(config: AutoFTConfig) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def prepared(work: Path, common: dict[str, Any]) -> tuple[Dataset, list[str]]:
+def tracked(work: Path) -> dict[str, str]:
+    """What every tracking step receives: the KFP run id, the MLflow URI parameter (empty: the config's), the folder."""
+    return {"run_id": RUN_ID, "mlflow_tracking_uri": "", "output_dir": str(work / "run")}
+
+
+@pytest.fixture(scope="module")
+def prepared(work: Path, common: dict[str, Any], tracked: dict[str, str]) -> tuple[Dataset, list[str]]:
     dataset = artifact(Dataset, work, "prepared")
-    eval_sets = prepare_data.python_func(**common, candidate_method="autoft", prepared=dataset)
+    eval_sets = prepare_data.python_func(
+        **common, **tracked, candidate_method="autoft", step_image="autoft-step:test", prepared=dataset
+    )
     return dataset, eval_sets
 
 
@@ -111,18 +120,22 @@ def study_items(work: Path, common: dict[str, Any]) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def searched(
-    common: dict[str, Any], study_items: list[dict], prepared: tuple[Dataset, list[str]], zeroshot: Model
+    common: dict[str, Any],
+    tracked: dict[str, str],
+    study_items: list[dict],
+    prepared: tuple[Dataset, list[str]],
+    zeroshot: Model,
 ) -> list[int]:
     # Two workers in turn on one study: together they run the TOTAL budget, not twice it.
     return [
         search_worker.python_func(
             **common,
+            **tracked,
             method="autoft",
             worker_index=item["worker_index"],
             workers=item["workers"],
             storage=item["storage"],
             study_name=item["study_name"],
-            run_id=RUN_ID,
             prepared=prepared[0],
             zeroshot=zeroshot,
         )
@@ -146,7 +159,13 @@ def best(work: Path, common: dict[str, Any], searched: list[int]) -> tuple[Artif
 
 
 def run_finetune(
-    work: Path, common: dict[str, Any], method: str, prepared: Dataset, zeroshot: Model, hparams: Artifact
+    work: Path,
+    common: dict[str, Any],
+    tracked: dict[str, str],
+    method: str,
+    prepared: Dataset,
+    zeroshot: Model,
+    hparams: Artifact,
 ) -> dict[str, Any]:
     outputs = {
         "model": artifact(Model, work, f"{method}_model"),
@@ -154,7 +173,9 @@ def run_finetune(
         "summary": artifact(Artifact, work, f"{method}_summary"),
         "finetune_metrics": artifact(Metrics, work, f"{method}_metrics"),
     }
-    finetune.python_func(**common, method=method, prepared=prepared, zeroshot=zeroshot, hparams=hparams, **outputs)
+    finetune.python_func(
+        **common, **tracked, method=method, prepared=prepared, zeroshot=zeroshot, hparams=hparams, **outputs
+    )
     return outputs
 
 
@@ -162,12 +183,13 @@ def run_finetune(
 def tuned(
     work: Path,
     common: dict[str, Any],
+    tracked: dict[str, str],
     prepared: tuple[Dataset, list[str]],
     zeroshot: Model,
     best: tuple[Artifact, Metrics],
 ) -> dict[str, dict[str, Any]]:
     # autoft_ce is the control that borrows autoft's lr and wd: it receives autoft's select_best output.
-    return {m: run_finetune(work, common, m, prepared[0], zeroshot, best[0]) for m in ("autoft", "autoft_ce")}
+    return {m: run_finetune(work, common, tracked, m, prepared[0], zeroshot, best[0]) for m in ("autoft", "autoft_ce")}
 
 
 def model_inputs(tuned: dict[str, dict[str, Any]]) -> dict[str, Model]:
@@ -210,6 +232,7 @@ def evaluations(
 def reported(
     work: Path,
     common: dict[str, Any],
+    tracked: dict[str, str],
     prepared: tuple[Dataset, list[str]],
     best: tuple[Artifact, Metrics],
     tuned: dict[str, dict[str, Any]],
@@ -223,9 +246,7 @@ def reported(
     }
     run_id = report.python_func(
         **common,
-        run_id=RUN_ID,
-        mlflow_tracking_uri="",
-        output_dir=str(work / "run"),
+        **tracked,
         prepared=prepared[0],
         evals=[e["results"] for e in evaluations.values()],
         autoft_search=best[0],
@@ -236,18 +257,17 @@ def reported(
     return {"mlflow_run_id": run_id, **outputs}
 
 
-def run_gate(work: Path, common: dict[str, Any], reported: dict[str, Any], min_gain: float) -> tuple[bool, Metrics]:
+def run_gate(
+    work: Path, common: dict[str, Any], tracked: dict[str, str], reported: dict[str, Any], min_gain: float
+) -> tuple[bool, Metrics]:
     metrics = artifact(Metrics, work, f"gate_metrics_{min_gain}")
     passed = gate.python_func(
         **common,
+        **tracked,
         candidate_method="autoft",
         gate_baselines=["zeroshot", "autoft_ce"],
         gate_min_gain=min_gain,
         registered_model="",
-        mlflow_tracking_uri="",
-        output_dir=str(work / "run"),
-        run_id=RUN_ID,
-        mlflow_run_id=reported["mlflow_run_id"],
         results=reported["results"],
         gate_metrics=metrics,
     )
@@ -272,13 +292,19 @@ def test_prepare_data_writes_manifests_and_names_the_eval_sets(prepared: tuple[D
     assert dataset.metadata["ood_val_indices_hash"] == index["ood_val_indices_hash"]
 
 
-def test_prepare_data_refuses_bad_parameters_before_any_compute(tmp_path: Path, common: dict[str, Any]) -> None:
+def test_prepare_data_refuses_bad_parameters_before_any_compute(
+    tmp_path: Path, common: dict[str, Any], tracked: dict[str, str]
+) -> None:
     with pytest.raises(ConfigError, match="candidate_method 'ft'"):
-        prepare_data.python_func(**common, candidate_method="ft", prepared=artifact(Dataset, tmp_path, "a"))
+        prepare_data.python_func(
+            **common, **tracked, candidate_method="ft", step_image="x", prepared=artifact(Dataset, tmp_path, "a")
+        )
     with pytest.raises(ConfigError, match="compiled for"):
         prepare_data.python_func(
             **{**common, "config_overrides": ["methods=[zeroshot,ft]"]},
+            **tracked,
             candidate_method="",
+            step_image="x",
             prepared=artifact(Dataset, tmp_path, "b"),
         )
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
@@ -321,6 +347,8 @@ def test_search_worker_refuses_an_item_of_another_run(
             storage=study_items[0]["storage"],
             study_name=study_items[0]["study_name"],
             run_id="some-other-run",
+            mlflow_tracking_uri="",
+            output_dir="",
             prepared=prepared[0],
             zeroshot=zeroshot,
         )
@@ -410,40 +438,111 @@ def test_report_writes_results_in_the_benchmark_schema(work: Path, reported: dic
     assert summary["autoft.ood_avg"] == pytest.approx(results["methods"]["autoft"]["ood_avg"])
 
 
-def test_report_logs_the_pipeline_run_to_mlflow(config: AutoFTConfig, reported: dict[str, Any]) -> None:
-    from autoft.tracking import TAG_KFP_RUN_ID
-
+def _tree(config: AutoFTConfig, parent: str) -> dict[str, Any]:
     client = MlflowClient(tracking_uri=config.tracking.mlflow_uri)
-    run = client.get_run(reported["mlflow_run_id"])
+    runs = client.search_runs(
+        [client.get_run(parent).info.experiment_id], filter_string=f"tags.`autoft.pipeline_run_id` = '{parent}'"
+    )
+    return {
+        "client": client,
+        "methods": {r.data.tags["autoft.method"]: r for r in runs if r.data.tags["autoft.role"] == "method"},
+        "trials": [r for r in runs if r.data.tags["autoft.role"] == "trial"],
+    }
+
+
+def test_the_mlflow_tree_spans_the_steps(config: AutoFTConfig, reported: dict[str, Any]) -> None:
+    tree = _tree(config, reported["mlflow_run_id"])
+    client = tree["client"]
+    parent = client.get_run(reported["mlflow_run_id"])
+    tags = parent.data.tags
+    assert (tags["autoft.kfp_run_id"], tags["autoft.role"], tags["autoft.preset"]) == (
+        RUN_ID,
+        "pipeline",
+        "component-test",
+    )
+    assert tags["autoft.dataset"] == "digits" and tags["autoft.image"] == "autoft-step:test"
+    assert tags["mlflow.source.git.commit"] and tags["autoft.version"]
+    assert parent.info.status == "RUNNING"  # the exit handler ends it
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # MLflow's model-training view
+    assert parent.data.params["config.search.n_trials"] == "2"
+    assert {"report/results.json", "report/report.html"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id, "report")
+    }
+
+    # One child per method, with the same metric names in each.
+    methods = tree["methods"]
+    assert set(methods) == set(METHODS)
     results = json.loads(Path(reported["results"].path).read_text())
-    assert run.data.tags[TAG_KFP_RUN_ID] == RUN_ID
-    assert run.data.metrics["autoft.ood.invert"] == pytest.approx(results["methods"]["autoft"]["ood"]["invert"])
-    assert run.data.params["config.search.n_trials"] == "2"
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
-    assert {"report/results.json", "report/report.html"} <= artifacts
-    assert run.info.status == "RUNNING"  # the exit handler ends it
+    for method, run in methods.items():
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert {"id_val", "id_test", "ood_avg", "ood/invert", "ood_val"} <= set(run.data.metrics), method
+        assert run.data.metrics["ood/invert"] == pytest.approx(results["methods"][method]["ood"]["invert"])
+        names = {d.dataset.name for d in run.inputs.dataset_inputs}
+        assert {"digits/id_train", "digits/id_val", "digits/ood_val", "digits/invert"} <= names, method
+    assert {"lr", "weight_decay", "w_ce", "w_l2init"} <= set(methods["autoft"].data.params)
+    assert methods["autoft_ce"].data.params["w_ce"] == "1.0" and "w_l2init" not in methods["autoft_ce"].data.params
+    assert methods["autoft_wiseft"].data.params["wiseft_alpha"] in ("0.0", "0.5", "1.0")
+
+    # A nested run per trial under the searched method, with its hyperparameters and its OOD-val score.
+    trials = tree["trials"]
+    assert len(trials) == 2 and {t.data.tags["mlflow.parentRunId"] for t in trials} == {methods["autoft"].info.run_id}
+    for trial in trials:
+        assert {"lr", "weight_decay", "w_ce", "w_hinge"} <= set(trial.data.params)
+        assert 0.0 <= trial.data.metrics["ood_val_objective"] <= 1.0
+        assert trial.info.status == "FINISHED"
+
+    # Fine-tuning curves (per step and per epoch), system metrics, and the models as MLflow models.
+    autoft = methods["autoft"].info.run_id
+    steps = client.get_metric_history(autoft, "train/loss")
+    assert len(steps) >= 2 and [m.step for m in steps] == sorted(m.step for m in steps)
+    assert {"train/lr", "train/ce", "epoch/id_val", "epoch/train_loss"} <= set(client.get_run(autoft).data.metrics)
+    assert any(key.startswith("system/cpu") for key in client.get_run(autoft).data.metrics)
+    for method in ("autoft", "autoft_ce", "autoft_wiseft"):
+        assert methods[method].outputs.model_outputs, f"{method} has no logged MLflow model"
+
+
+def test_kfps_mlflow_integration_gives_the_same_tree(
+    work: Path, config: AutoFTConfig, common: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KFP's integration makes the pipeline run and a nested run per task (a loop iteration one level
+    deeper) and sets MLFLOW_RUN_ID to the task's run: the tree goes under KFP's run, never the task's."""
+    client = MlflowClient(tracking_uri=config.tracking.mlflow_uri)
+    experiment = client.get_experiment_by_name("component-tests").experiment_id
+    kfp_parent = client.create_run(experiment, run_name="kfp-pipeline-run").info.run_id
+    iteration = client.create_run(experiment, tags={"mlflow.parentRunId": kfp_parent}).info.run_id
+    task = client.create_run(experiment, tags={"mlflow.parentRunId": iteration}).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", task)
+    other = {"run_id": "run-kfp", "mlflow_tracking_uri": "", "output_dir": str(work / "run-kfp")}
+    prepare_data.python_func(
+        **common, **other, candidate_method="autoft", step_image="x", prepared=artifact(Dataset, work, "prepared-kfp")
+    )
+    tree = _tree(config, kfp_parent)
+    assert set(tree["methods"]) == set(METHODS)
+    assert {r.data.tags["mlflow.parentRunId"] for r in tree["methods"].values()} == {kfp_parent}
+    assert client.get_run(kfp_parent).data.tags["autoft.kfp_run_id"] == "run-kfp"
+    assert "autoft.role" not in client.get_run(task).data.tags, "the task's run is not mistaken for the pipeline's"
+    own = client.search_runs([experiment], filter_string="tags.`autoft.kfp_run_id` = 'run-kfp'")
+    assert [r.info.run_id for r in own] == [kfp_parent], "no second pipeline run was created"
 
 
 def test_gate_then_register_then_gate_against_the_champion(
-    work: Path, config: AutoFTConfig, common: dict[str, Any], reported: dict[str, Any], tuned: dict[str, dict[str, Any]]
+    work: Path, config: AutoFTConfig, common: dict[str, Any], tracked: dict[str, str], reported: dict[str, Any]
 ) -> None:
-    blocked, metrics = run_gate(work, common, reported, min_gain=2.0)  # no model beats its rivals by 200 points
+    blocked, metrics = run_gate(
+        work, common, tracked, reported, min_gain=2.0
+    )  # no model beats its rivals by 200 points
     assert blocked is False and metrics.metadata["passed"] == 0
-    passed, metrics = run_gate(work, common, reported, min_gain=-1.0)
+    passed, metrics = run_gate(work, common, tracked, reported, min_gain=-1.0)
     assert passed is True and "no baseline" not in metrics.metadata["reason"]
 
     uri = register.python_func(
         **common,
-        run_id=RUN_ID,
+        **tracked,
         candidate_method="autoft",
         registered_model="",
         gate_min_gain=-1.0,
-        mlflow_tracking_uri="",
-        output_dir=str(work / "run"),
-        mlflow_run_id=reported["mlflow_run_id"],
         results=reported["results"],
-        autoft=tuned["autoft"]["model"],
-        autoft_wiseft=tuned["autoft"]["wiseft_model"],
     )
     assert uri == "models:/tiny-clip/1"
     client = MlflowClient(tracking_uri=config.tracking.mlflow_uri, registry_uri=config.tracking.mlflow_uri)
@@ -452,14 +551,42 @@ def test_gate_then_register_then_gate_against_the_champion(
     assert str(champion.version) == "1"
     assert float(champion.tags["ood_avg"]) == pytest.approx(ood_avg)
     assert champion.tags["preset"] == "component-test"
-    files = {a.path for a in client.list_artifacts(reported["mlflow_run_id"], "model/autoft")}
-    assert {"model/autoft/model.safetensors", "model/autoft/model_card.json"} <= files
+    assert champion.run_id == _tree(config, reported["mlflow_run_id"])["methods"]["autoft"].info.run_id
+
+    # The registered champion is a real MLflow model: it maps images to class names.
+    import mlflow
+    import pandas as pd
+
+    png = (Path(__file__).parent / "fakes").parent / "fakes"
+    del png
+    served = mlflow.pyfunc.load_model("models:/tiny-clip@champion")
+    prepared_images = _digit_pngs(work, 3)
+    predicted = served.predict(pd.DataFrame({"image": prepared_images}))
+    assert len(predicted) == 3 and set(predicted["label"]) <= set(
+        load_step_config(**common).data.options.ood_test_shifts
+    ) | {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
+    assert ((predicted["probability"] > 0) & (predicted["probability"] <= 1)).all()
 
     # The same model again only ties the champion: with no margin the gate must not pass.
-    again, metrics = run_gate(work, common, reported, min_gain=0.0)
+    again, metrics = run_gate(work, common, tracked, reported, min_gain=0.0)
     assert again is False
     assert "champion v1" in metrics.metadata["reason"]
     assert client.get_run(reported["mlflow_run_id"]).data.tags["autoft.gate_passed"] == "false"
+
+
+def _digit_pngs(work: Path, count: int) -> list[bytes]:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    images = np.load(work / "prepared" / "id_test.npz")["images"][:count]
+    encoded = []
+    for image in images:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    return encoded
 
 
 def test_finalize_fails_stale_trials_and_ends_the_mlflow_run(
@@ -490,10 +617,12 @@ def test_finalize_fails_stale_trials_and_ends_the_mlflow_run(
     )
     assert summary["failed_trials"] == {"autoft": [stale.number]}
     assert study.trials[stale.number].state == optuna.trial.TrialState.FAIL
-    assert summary["closed_mlflow_runs"] == [reported["mlflow_run_id"]]
-    assert MlflowClient(tracking_uri=config.tracking.mlflow_uri).get_run(reported["mlflow_run_id"]).info.status == (
-        "FAILED"
-    )
+    assert reported["mlflow_run_id"] in summary["closed_mlflow_runs"]
+    tree = _tree(config, reported["mlflow_run_id"])
+    assert {r.info.run_id for r in tree["methods"].values()} <= set(summary["closed_mlflow_runs"])
+    client = MlflowClient(tracking_uri=config.tracking.mlflow_uri)
+    assert client.get_run(reported["mlflow_run_id"]).info.status == "FAILED"
+    assert {r.info.status for r in _tree(config, reported["mlflow_run_id"])["methods"].values()} == {"FAILED"}
     assert json.loads((work / "run" / "pipeline_status.json").read_text())["state"] == "FAILED"
     assert summary["problems"] == []
 

@@ -8,14 +8,20 @@ import json
 import threading
 from pathlib import Path
 
+import mlflow
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from mlflow import MlflowClient
+from PIL import Image
 from pipeline.local_run import PipelineRunError, TaskLogCapture, local_arguments, run_with_kfp_local
 
+import browser
 from autoft.config import AutoFTConfig
 from autoft.contracts import Results
 from conftest import tiny_pipeline_config
+from servers import start_mlflow_server
 
 METHODS = ["zeroshot", "autoft", "autoft_wiseft"]
 
@@ -25,14 +31,20 @@ def tiny_config(**changes: object) -> AutoFTConfig:
     return tiny_pipeline_config("kfp-local-test", METHODS, **{"tracking": tracking, **changes})
 
 
-@pytest.mark.slow
-def test_a_whole_run_passes_artifacts_between_all_steps(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Results]:
+    """One tiny run of the whole pipeline through kfp.local (several tests read it)."""
+    run_dir = tmp_path_factory.mktemp("kfp-local") / "run"
     # gate_min_gain -1: the gate passes whatever the tiny model scores, so register runs too.
     results = run_with_kfp_local(
         tiny_config(), run_dir, search_workers=2, parameters={"gate_min_gain": -1.0}, echo=False
     )
+    return run_dir, results
 
+
+@pytest.mark.slow
+def test_a_whole_run_passes_artifacts_between_all_steps(whole_run: tuple[Path, Results]) -> None:
+    run_dir, results = whole_run
     assert results == Results.load(run_dir / "results.json") and results.preset == "kfp-local-test"
     assert list(results.methods) == METHODS
     for row in results.methods.values():
@@ -42,7 +54,7 @@ def test_a_whole_run_passes_artifacts_between_all_steps(tmp_path: Path) -> None:
     assert results.search["autoft"].trials_complete == 2
     assert set(results.wiseft_curves["autoft"]) == {"0.00", "1.00"}
     assert {"prepare", "search_autoft", "finetune_autoft", "evaluate"} <= set(results.timing_s)
-    for name in ("report.md", "report.html", "plots/id_vs_ood.png", "plots/search_history.png", "config.yaml"):
+    for name in ("report.md", "report.html", "plots/id_vs_ood.png", "config.yaml"):
         assert (run_dir / name).is_file(), name
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["methods"] == METHODS
 
@@ -55,13 +67,91 @@ def test_a_whole_run_passes_artifacts_between_all_steps(tmp_path: Path) -> None:
     assert {p.name for p in outputs.iterdir()} >= {"prepare-data", "build-zeroshot", "report", "gate", "register"}
     assert not (run_dir / "kfp" / "tmp").exists() and not (run_dir / "kfp" / "workspace").exists()
 
+
+def _runs(run_dir: Path):
+    mlflow.set_tracking_uri(f"sqlite:///{run_dir / 'mlflow.db'}")
+    return mlflow.search_runs(experiment_names=["kfp-local"])
+
+
+@pytest.mark.slow
+def test_mlflow_holds_the_run_tree(whole_run: tuple[Path, Results]) -> None:
+    run_dir, results = whole_run
+    runs = _runs(run_dir)
+    pipeline = runs[runs["tags.autoft.role"] == "pipeline"]
+    assert len(pipeline) == 1 and pipeline["status"].iloc[0] == "FINISHED"  # ended by the exit handler
+    parent = pipeline["run_id"].iloc[0]
+    assert pipeline["tags.autoft.gate_passed"].iloc[0] == "true"
+    methods = runs[runs["tags.autoft.role"] == "method"].set_index("tags.autoft.method")
+    assert sorted(methods.index) == sorted(METHODS)
+    assert set(methods["tags.mlflow.parentRunId"]) == {parent}
+    for method in METHODS:
+        assert methods.loc[method, "metrics.ood/invert"] == pytest.approx(results.methods[method].ood["invert"])
+        assert methods.loc[method, "metrics.id_test"] == pytest.approx(results.methods[method].id_test)
+    trials = runs[runs["tags.autoft.role"] == "trial"]
+    assert len(trials) == 2 and set(trials["tags.mlflow.parentRunId"]) == {methods.loc["autoft", "run_id"]}
+    # The pipeline run spans the pipeline: it started in the first step and ended in the last.
+    assert (pipeline["end_time"].iloc[0] - pipeline["start_time"].iloc[0]).total_seconds() > max(
+        results.timing_s.values()
+    )
+
+
+@pytest.mark.slow
+def test_the_registered_champion_serves_a_folder_of_digit_images(whole_run: tuple[Path, Results]) -> None:
+    run_dir, _ = whole_run
     uri = f"sqlite:///{run_dir / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    champion = client.get_model_version_by_alias("kfp-local-clip", "champion")
-    assert float(champion.tags["ood_avg"]) == pytest.approx(results.methods["autoft"].ood_avg)
-    run = client.get_run(champion.run_id)
-    assert run.info.status == "FINISHED"  # ended by the exit handler
-    assert run.data.tags["autoft.gate_passed"] == "true"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/kfp-local-clip@champion")
+    images = np.load(next((run_dir / "kfp" / "outputs").iterdir()) / "prepare-data" / "prepared" / "id_test.npz")
+    folder = run_dir / "some-digits"
+    folder.mkdir()
+    for index, image in enumerate(images["images"][:5]):
+        Image.fromarray(image).save(folder / f"{index}.png")
+    frame = pd.DataFrame({"image": [path.read_bytes() for path in sorted(folder.glob("*.png"))]})
+    predicted = model.predict(frame)
+    digits = {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
+    assert len(predicted) == 5 and set(predicted["label"]) <= digits
+    assert predicted["probability"].between(0, 1).all()
+
+
+@pytest.mark.slow
+def test_the_mlflow_ui_shows_the_run_in_a_real_browser(whole_run: tuple[Path, Results], tmp_path: Path) -> None:
+    """Headless Chromium on `mlflow server` over the run's database: the pipeline run with its dataset
+    inputs, its method children side by side in the compare view, and the champion in the registry."""
+    browser.require_chromium()
+    run_dir, _ = whole_run
+    server = start_mlflow_server(f"sqlite:///{run_dir / 'mlflow.db'}", str(run_dir / "mlartifacts"), tmp_path)
+    try:
+        check_mlflow_ui(server.url, "kfp-local", "kfp-local-clip", tmp_path)
+    finally:
+        server.stop()
+
+
+def check_mlflow_ui(url: str, experiment: str, registered_model: str, shots: Path) -> Path:
+    """What a user sees in the MLflow UI after a run; returns the screenshot of the compare view."""
+    client = MlflowClient(url)
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = client.search_runs([experiment_id], order_by=["attributes.start_time DESC"])
+    parent = next(r for r in runs if r.data.tags.get("autoft.role") == "pipeline")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+
+    listing = browser.page_text(browser.mlflow_page(url, f"/experiments/{experiment_id}"))
+    assert "Runs" in listing and parent.info.run_name in listing, listing[:2000]
+    assert "digits/id_train" in listing and "training" in listing, "the Dataset column is filled"
+    assert "Overview Usage Quality" not in listing, "opened in the GenAI view"
+
+    route = browser.compare_route([c.info.run_id for c in children], experiment_id)
+    compared = browser.page_text(browser.mlflow_page(url, route))
+    assert f"Comparing {len(children)} Runs" in compared
+    for child in children:
+        assert child.info.run_name in compared
+    assert "ood_avg" in compared and "id_test" in compared, "the same metric names, side by side"
+    shot = browser.screenshot(browser.mlflow_page(url, route), shots / "mlflow-compare-methods.png")
+    assert shot.stat().st_size > 20_000
+
+    registry = browser.page_text(browser.mlflow_page(url, f"/models/{registered_model}"))
+    assert "champion" in registry and "Version 1" in registry, registry[:2000]
+    return shot
 
 
 @pytest.mark.slow

@@ -31,7 +31,11 @@ def _results(with_shifts: bool) -> Results:
 
 
 def _search() -> dict[str, SearchResult]:
-    trials = [TrialRecord(number=i, state="COMPLETE", value=0.1 * i, params={"lr": 1e-4}) for i in range(3)]
+    lr = '{"name": "FloatDistribution", "attributes": {"log": true, "step": null, "low": 1e-06, "high": 0.01}}'
+    trials = [
+        TrialRecord(number=i, state="COMPLETE", value=0.1 * i, params={"lr": 10 ** (-5 + i)}, distributions={"lr": lr})
+        for i in range(3)
+    ]
     result = SearchResult(
         method="ft",
         hparams=Hyperparams({"ce": 1.0}, 1e-4, 0.1),
@@ -51,9 +55,10 @@ def test_table_and_report_with_shifts(tmp_path: Path) -> None:
     assert table.splitlines()[0] == "| method | ID val | ID test | invert | thick | OOD avg |"
     assert "| ft | 90.0 | 90.0 | 50.0 | 60.0 | 55.0 |" in table
     paths = write_report(results, _search(), tmp_path)
-    assert {"results", "markdown", "html", "ID vs OOD", "Search history"} <= set(paths)
+    assert {"results", "markdown", "html", "ID vs OOD", "ft: history"} <= set(paths)
     assert Results.load(tmp_path / "results.json") == results
-    assert "data:image/png;base64," in (tmp_path / "report.html").read_text()
+    for report in ("report.html", "report.md"):  # plots inline: the Kubeflow UI shows the file alone
+        assert (tmp_path / report).read_text().count("data:image/png;base64,") == len(paths) - 3
 
 
 def test_a_run_without_ood_shifts_reports_dashes_and_skips_the_scatter(tmp_path: Path) -> None:
@@ -61,5 +66,5 @@ def test_a_run_without_ood_shifts_reports_dashes_and_skips_the_scatter(tmp_path:
     assert "| ft | 90.0 | 90.0 | - |" in format_table(results)
     paths = write_report(results, _search(), tmp_path)
     assert "ID vs OOD" not in paths and not (tmp_path / "plots" / "id_vs_ood.png").exists()
-    assert "Search history" in paths
+    assert "ft: history" in paths
     assert Results.load(tmp_path / "results.json").methods["ft"].ood_avg is None

@@ -17,7 +17,7 @@ def finalize(
     output_dir: str,
     status: PipelineTaskFinalStatus,
 ) -> str:
-    """Fail the run's trials still marked RUNNING, end its MLflow runs still open, record the final state.
+    """Fail the run's trials still marked RUNNING, end its MLflow run tree with the pipeline's final state.
 
     Everything here is derived from the pipeline parameters (an exit task cannot consume other tasks'
     outputs), and each clean-up is best effort so one failure does not hide the others.
@@ -42,8 +42,9 @@ def finalize(
     from autoft.methods import searched_methods
     from autoft.study_stages import stage_close_study
     from components.runtime import (
-        close_pipeline_runs,
         load_step_config,
+        open_runs,
+        resolve_mlflow_uri,
         run_scoped,
         study_storage_reference,
         study_storage_url,
@@ -69,9 +70,11 @@ def finalize(
             except Exception as error:
                 problems.append(f"study of {method}: {error}")
         try:
-            summary["closed_mlflow_runs"] = close_pipeline_runs(
-                config, mlflow_tracking_uri, output_dir, run_id, succeeded=status.state == "SUCCEEDED"
-            )
+            uri = resolve_mlflow_uri(mlflow_tracking_uri, config, output_dir)
+            # A local SQLite store that does not exist yet: the run failed before its first step tracked anything.
+            if not (uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists()):
+                runs = open_runs(config, mlflow_tracking_uri, output_dir, run_id)
+                summary["closed_mlflow_runs"] = runs.finish(succeeded=status.state == "SUCCEEDED")
         except Exception as error:
             problems.append(f"mlflow: {error}")
     summary["problems"] = problems

@@ -12,6 +12,9 @@ def finetune(
     config_overrides: list[str],
     methods: list[str],
     method: str,
+    run_id: str,
+    mlflow_tracking_uri: str,
+    output_dir: str,
     prepared: Input[Dataset],
     zeroshot: Input[Model],
     hparams: Input[Artifact],
@@ -22,11 +25,17 @@ def finetune(
 ):
     """Fine-tune from the zero-shot weights, keep the best ID-val epoch, and pick the WiSE-FT alpha on ID-val.
 
+    The method's MLflow run receives the per-step and per-epoch curves (loss, each term, lr, ID-val), the
+    machine's CPU/memory/GPU use while it trains, and both classifiers as MLflow (pyfunc) models.
+
     Args:
         config_yaml: The run's AutoFT config as YAML or JSON (the schema of `autoft config show`).
         config_overrides: KEY=VALUE changes applied on top of config_yaml (dotted keys, YAML values).
         methods: The methods this pipeline was compiled for.
         method: The fine-tuned method (ft, flyp, autoft, ft_oodval or autoft_ce).
+        run_id: The KFP run id (finds the run's MLflow tree).
+        mlflow_tracking_uri: MLflow tracking URI; empty uses the config, then MLFLOW_TRACKING_URI.
+        output_dir: Optional local or mounted folder of the run (SQLite tracking lives there locally).
         prepared: The prepare_data output (ID train and ID val).
         zeroshot: The zero-shot model fine-tuning starts from.
         hparams: The select_best output of the method's own search or, for a control such as autoft_ce, of
@@ -43,21 +52,30 @@ def finetune(
     from autoft.contracts import FinetuneSummary
     from autoft.methods import hparams_source
     from autoft.stages import finetune_hparams, stage_finetune
-    from components.runtime import load_step_config, move_into
+    from components.runtime import load_step_config, move_into, open_runs
 
     config = load_step_config(config_yaml, config_overrides, methods)
     config.check_method(method, purpose="finetune")
     chosen = finetune_hparams(method, {hparams_source(method): Path(hparams.path)})
+    runs = open_runs(config, mlflow_tracking_uri, output_dir, run_id)
+    curves = runs.training_observer(method)
     # Epoch checkpoints and both models are written to scratch space first; only the two models and the
     # summary become artifacts (TMPDIR may point at a larger volume on a cluster).
     scratch = Path(tempfile.mkdtemp(prefix=f"autoft-finetune-{method}-"))
     try:
-        result = stage_finetune(config, prepared.path, zeroshot.path, method, chosen, scratch, progress=False)
+        with runs.system_metrics(method):
+            result = stage_finetune(
+                config, prepared.path, zeroshot.path, method, chosen, scratch, progress=False, observer=curves
+            )
         move_into(scratch / "model", Path(model.path))
         move_into(scratch / "wiseft", Path(wiseft_model.path))
         move_into(scratch / FinetuneSummary.FILE, Path(summary.path))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    tags = {"preset": config.preset, "metric": config.metric, "kfp_run_id": run_id}
+    model.metadata["mlflow_model_uri"] = runs.log_model(method, Path(model.path), tags)
+    if f"{method}_wiseft" in config.methods:
+        wiseft_model.metadata["mlflow_model_uri"] = runs.log_model(f"{method}_wiseft", Path(wiseft_model.path), tags)
     model.metadata.update(
         {
             "method": method,

@@ -18,7 +18,6 @@ def gate(
     mlflow_tracking_uri: str,
     output_dir: str,
     run_id: str,
-    mlflow_run_id: str,
     results: Input[Artifact],
     gate_metrics: Output[Metrics],
 ) -> bool:
@@ -26,8 +25,8 @@ def gate(
 
     The champion is the version behind the ``champion`` alias of the registered model. One measured on
     another preset or metric (or without an OOD average) cannot be compared, so it blocks the gate
-    instead of being replaced blindly. The decision and its reason are tagged on the run's MLflow run,
-    so a skipped registration is explained where people compare runs.
+    instead of being replaced blindly (components/gate/decision.py holds the one rule). The decision and
+    its reason are tagged on the pipeline's MLflow run, so a skipped registration is explained there.
 
     Args:
         config_yaml: The run's AutoFT config as YAML or JSON (the schema of `autoft config show`).
@@ -39,8 +38,7 @@ def gate(
         registered_model: Name in the MLflow registry; empty uses tracking.registered_model from the config.
         mlflow_tracking_uri: MLflow tracking URI; empty uses the config, then MLFLOW_TRACKING_URI.
         output_dir: Optional local or mounted folder of the run (SQLite tracking lives there locally).
-        run_id: The KFP run id.
-        mlflow_run_id: The pipeline's MLflow run (from the report step); the decision is tagged on it.
+        run_id: The KFP run id (finds the run's MLflow tree).
         results: The report step's results.json.
         gate_metrics: Output metrics for the Kubeflow UI: passed, the candidate's and the champion's OOD average.
 
@@ -49,19 +47,21 @@ def gate(
     """
     from autoft.contracts import Results
     from components.gate.decision import Champion, decide
-    from components.runtime import check_candidate, load_step_config, open_tracker, start_pipeline_run
+    from components.runtime import check_candidate, load_step_config, open_runs
 
     config = load_step_config(config_yaml, config_overrides, methods)
     check_candidate(candidate_method, config.methods)
     table = Results.load(results.path)
-    tracker = open_tracker(config, mlflow_tracking_uri, output_dir)
-    start_pipeline_run(tracker, run_id, mlflow_run_id)
-    version = tracker.champion(registered_model.strip() or config.tracking.registered_model)
+    runs = open_runs(config, mlflow_tracking_uri, output_dir, run_id)
+    version = runs.champion(registered_model.strip() or config.tracking.registered_model)
     champion = Champion.from_version(version) if version is not None else None
     decision = decide(
         table, candidate_method, list(gate_baselines), gate_min_gain, champion, config.preset, config.metric
     )
-    tracker.set_tags({"autoft.gate_passed": str(decision.passed).lower(), "autoft.gate_reason": decision.reason[:5000]})
+    runs.set_tags(
+        runs.parent_id,
+        {"autoft.gate_passed": str(decision.passed).lower(), "autoft.gate_reason": decision.reason[:5000]},
+    )
     gate_metrics.log_metric("passed", int(decision.passed))
     if decision.candidate_ood_avg is not None:
         gate_metrics.log_metric("candidate_ood_avg", float(decision.candidate_ood_avg))

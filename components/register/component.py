@@ -1,7 +1,7 @@
-"""register: put the candidate model that passed the gate into the MLflow model registry as the champion."""
+"""register: make the candidate that passed the gate a new registry version, and the champion."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Input, Model
+from kfp.dsl import Artifact, Input
 
 from components.image import STEP_IMAGE
 
@@ -17,68 +17,55 @@ def register(
     gate_min_gain: float,
     mlflow_tracking_uri: str,
     output_dir: str,
-    mlflow_run_id: str,
     results: Input[Artifact],
-    autoft: Input[Model] = None,
-    autoft_wiseft: Input[Model] = None,
 ) -> str:
-    """Register the candidate's classifier folder as a new model version and make it the ``champion``.
+    """Register the candidate's MLflow model (logged by its fine-tune step) and move ``champion`` to it.
 
-    Only reached when the gate passed. autoft.tracking uploads the folder (``model.safetensors`` +
-    ``model_card.json``) under the pipeline's MLflow run, creates the version (alias ``candidate``) and
-    moves ``champion`` to it if its OOD average still beats the champion's, re-checked here in case
-    another run promoted a model since the gate. The version's tags (preset, metric, ood_avg, KFP run)
-    are what the next run's gate compares against.
+    Only reached when the gate passed. The version gets alias ``candidate`` and the tags the next gate
+    compares against (preset, metric, ood_avg, KFP run); ``champion`` moves only if the same rule as the
+    gate's still holds now (another run may have promoted a model since). The champion then loads with
+    ``mlflow.pyfunc.load_model("models:/<name>@champion")``.
 
     Args:
         config_yaml: The run's AutoFT config as YAML or JSON (the schema of `autoft config show`).
         config_overrides: KEY=VALUE changes applied on top of config_yaml (dotted keys, YAML values).
         methods: The methods this pipeline was compiled for.
-        run_id: The KFP run id (a tag of the model version).
+        run_id: The KFP run id (finds the run's MLflow tree; a tag of the version).
         candidate_method: The method registered (autoft or autoft_wiseft).
         registered_model: Name in the MLflow registry; empty uses tracking.registered_model from the config.
         gate_min_gain: The gate's margin, re-checked against the champion at registration time.
         mlflow_tracking_uri: MLflow tracking URI; empty uses the config, then MLFLOW_TRACKING_URI.
         output_dir: Optional local or mounted folder of the run (SQLite tracking lives there locally).
-        mlflow_run_id: The pipeline's MLflow run (from the report step).
         results: The report step's results.json.
-        autoft: The autoft model, when the run has it.
-        autoft_wiseft: The autoft_wiseft model, when the run has it.
 
     Returns:
         The registered version as models:/<name>/<version>.
     """
-    from pathlib import Path
-
     from autoft.contracts import Results
-    from autoft.errors import ConfigError
-    from autoft.tracking import TAG_KFP_RUN_ID
-    from components.gate.decision import OOD_AVG_TAG
-    from components.runtime import check_candidate, load_step_config, open_tracker, start_pipeline_run
+    from components.gate.decision import OOD_AVG_TAG, Champion, decide
+    from components.runtime import check_candidate, load_step_config, open_runs
 
     config = load_step_config(config_yaml, config_overrides, methods)
     check_candidate(candidate_method, config.methods)
-    model = {"autoft": autoft, "autoft_wiseft": autoft_wiseft}.get(candidate_method)
-    if model is None:
-        raise ConfigError(f"no model artifact was passed for the candidate {candidate_method!r}")
-    row = Results.load(results.path).methods[candidate_method]
+    table = Results.load(results.path)
+    row = table.methods[candidate_method]
     name = registered_model.strip() or config.tracking.registered_model
-    tracker = open_tracker(config, mlflow_tracking_uri, output_dir)
-    start_pipeline_run(tracker, run_id, mlflow_run_id)
+    runs = open_runs(config, mlflow_tracking_uri, output_dir, run_id)
     tags = {
         "method": candidate_method,
         "preset": config.preset,
         "metric": config.metric,
+        OOD_AVG_TAG: str(row.ood_avg),
         "id_test": str(row.id_test),
         "wiseft_alpha": str(row.wiseft_alpha),
-        TAG_KFP_RUN_ID: run_id,
+        "kfp_run_id": run_id,
     }
-    version = tracker.log_model(Path(model.path), name=name, artifact_path=f"model/{candidate_method}", tags=tags)
-    if version is None:
-        raise RuntimeError(f"registering {name} failed at {tracker.safe_uri}")
-    decision = tracker.promote_if_better(
-        name, version.version, OOD_AVG_TAG, float(row.ood_avg), min_delta=gate_min_gain
-    )
-    alias = "champion" if decision.promoted else "candidate"
+    version = runs.register(name, runs.model_uri(candidate_method), tags)
+    current = runs.champion(name)
+    champion = Champion.from_version(current) if current is not None else None
+    decision = decide(table, candidate_method, [], gate_min_gain, champion, config.preset, config.metric)
+    if decision.passed:
+        runs.promote(name, str(version.version))
+    alias = "champion" if decision.passed else "candidate"
     print(f"registered {candidate_method} as models:/{name}/{version.version} (alias {alias}): {decision.reason}")
     return f"models:/{name}/{version.version}"

@@ -30,10 +30,12 @@ def report(
     ft_oodval_finetune: Input[Artifact] = None,
     autoft_ce_finetune: Input[Artifact] = None,
 ) -> str:
-    """Assemble results.json, the report with its table and plots, and the MLflow run; returns its run id.
+    """Assemble results.json and the report (table, plots, Optuna's search insight); log them to MLflow.
 
     Built from the small typed JSON artifacts the search, fine-tuning and evaluation steps wrote (never
-    the model weights), by the same functions the in-process runner uses.
+    the model weights), by the same functions the in-process runner uses. Each method's MLflow child run
+    gets the same metric names (id_val, id_test, ood_avg, ood/<shift>, ood_val); the pipeline run the
+    report files. Returns the pipeline's MLflow run id.
 
     Args:
         config_yaml: The run's AutoFT config as YAML or JSON (the schema of `autoft config show`).
@@ -58,6 +60,7 @@ def report(
         ft_oodval_finetune: finetune summary for ft_oodval, when the run fine-tunes it.
         autoft_ce_finetune: finetune summary for autoft_ce, when the run fine-tunes it.
     """
+    import os
     import shutil
     import tempfile
     from pathlib import Path
@@ -66,7 +69,8 @@ def report(
     from autoft.contracts import EvalResult, FinetuneSummary, PreparedData, SearchResult
     from autoft.methods import finetuned_methods, searched_methods
     from autoft.report import assemble_results, write_report
-    from components.runtime import load_step_config, open_tracker, provided_inputs, results_metrics, start_pipeline_run
+    from components.runtime import load_step_config, open_runs, provided_inputs
+    from components.tracking import ENV_OPTUNA_DASHBOARD
 
     config = load_step_config(config_yaml, config_overrides, methods)
     search_inputs = provided_inputs(
@@ -88,6 +92,7 @@ def report(
     searches = {m: SearchResult.load(a.path) for m, a in search_inputs.items()}
     finetunes = {m: FinetuneSummary.load(a.path) for m, a in finetune_inputs.items()}
     evaluations = [EvalResult.load(a.path) for a in evals]
+    by_set = {e.eval_set: e for e in evaluations}
     timing = {
         "prepare": float(prepared.metadata.get("seconds", 0.0)),
         **{f"search_{m}": r.seconds for m, r in searches.items()},
@@ -99,14 +104,14 @@ def report(
         metric=config.metric,
         data=PreparedData.load_from(prepared.path),
         methods=config.methods,
-        evals={e.eval_set: e for e in evaluations},
+        evals=by_set,
         searches=searches,
         finetunes=finetunes,
         timing_s=timing,
     )
     bundle = Path(tempfile.mkdtemp(prefix="autoft-report-"))
     try:
-        write_report(table, searches, bundle)
+        write_report(table, searches, bundle, dashboard_url=os.environ.get(ENV_OPTUNA_DASHBOARD, ""))
         save_config(config, bundle / "config.yaml")
         shutil.copy(bundle / "results.json", results.path)
         shutil.copy(bundle / "report.md", report_md.path)
@@ -114,14 +119,18 @@ def report(
         results.metadata.update({"schema": table.SCHEMA, "preset": table.preset, "metric": table.metric})
         if output_dir.strip():
             shutil.copytree(bundle, Path(output_dir), dirs_exist_ok=True)
-        # The pipeline run's MLflow run (created here, ended by the exit handler): the resolved config,
-        # the results table as metrics and the report files; gate and register add to it.
-        tracker = open_tracker(config, mlflow_tracking_uri, output_dir)
-        mlflow_run_id = start_pipeline_run(tracker, run_id, run_name=f"autoft-{config.preset}-{run_id}")
-        tracker.set_tags({"autoft.preset": config.preset, "autoft.metric": config.metric})
-        tracker.log_config(config)
-        tracker.log_metrics(results_metrics(table))
-        tracker.log_report(bundle)
+        # Every method child gets the same metric names (compare them in MLflow); the pipeline run the report.
+        runs = open_runs(config, mlflow_tracking_uri, output_dir, run_id)
+        ood_val = {method: row.value for method, row in by_set["ood_val"].models.items()} if "ood_val" in by_set else {}
+        for method, row in table.methods.items():
+            runs.log_method_results(method, row, ood_val.get(method))
+        for method, search in searches.items():
+            runs.log(
+                runs.method_run(method),
+                metrics={"search/best_value": search.best_value, "search/trials_complete": search.trials_complete},
+            )
+        runs.log(runs.parent_id, metrics={f"timing_s/{stage}": seconds for stage, seconds in timing.items()})
+        runs.client.log_artifacts(runs.parent_id, str(bundle), "report")
     finally:
         shutil.rmtree(bundle, ignore_errors=True)
 
@@ -129,5 +138,5 @@ def report(
         summary_metrics.log_metric(f"{method}.id_test", row.id_test)
         if row.ood_avg is not None:
             summary_metrics.log_metric(f"{method}.ood_avg", row.ood_avg)
-    print(f"report logged as MLflow run {mlflow_run_id} ({config.tracking.experiment})")
-    return mlflow_run_id
+    print(f"report logged to MLflow run {runs.parent_id} ({config.tracking.experiment} at {runs.uri})")
+    return runs.parent_id

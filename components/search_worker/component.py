@@ -17,6 +17,8 @@ def search_worker(
     storage: str,
     study_name: str,
     run_id: str,
+    mlflow_tracking_uri: str,
+    output_dir: str,
     prepared: Input[Dataset],
     zeroshot: Input[Model],
 ) -> int:
@@ -35,18 +37,21 @@ def search_worker(
         workers: How many workers share the budget (from create_study's work item).
         storage: The study's storage from create_study's work item (a URL or env:AUTOFT_OPTUNA_STORAGE).
         study_name: The study name from the work item; checked against this run's, so runs never mix.
-        run_id: The KFP run id (part of the study name).
+        run_id: The KFP run id (part of the study name; finds the run's MLflow tree).
+        mlflow_tracking_uri: MLflow tracking URI; each finished trial becomes a nested run of the method's run.
+        output_dir: Optional local or mounted folder of the run (SQLite tracking lives there locally).
         prepared: The prepare_data output (ID train and the OOD-val subset).
         zeroshot: The zero-shot model every trial starts from.
     """
     from autoft.errors import ConfigError
     from autoft.stages import stage_search
-    from components.runtime import load_step_config, run_scoped, study_storage_url
+    from components.runtime import load_step_config, open_runs, run_scoped, study_storage_url
 
     config = run_scoped(load_step_config(config_yaml, config_overrides, methods), run_id)
     expected = config.search_for(method).study_name
     if study_name != expected:
         raise ConfigError(f"work item names study {study_name!r} but this run's {method} study is {expected!r}")
+    runs = open_runs(config, mlflow_tracking_uri, output_dir, run_id)
     counts = stage_search(
         config,
         prepared.path,
@@ -56,6 +61,7 @@ def search_worker(
         worker_index=worker_index,
         workers=workers,
         progress=False,
+        trial_callbacks=[runs.trial_logger(method)],
     )
     print(f"search {method} worker {worker_index}: study trials {counts}")
     return counts["complete"] + counts["pruned"]

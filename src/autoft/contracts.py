@@ -109,6 +109,8 @@ class TrialRecord(BaseModel):
     state: str
     value: float | None
     params: dict[str, Any]
+    distributions: dict[str, str] = Field(default_factory=dict, description="Optuna's JSON of each param's range")
+    intermediate: dict[int, float] = Field(default_factory=dict, description="pruning reports by inner step")
 
 
 class SearchResult(Contract):
@@ -123,6 +125,7 @@ class SearchResult(Contract):
     trials_complete: int
     storage: str = Field(description="the study's storage, password redacted")
     study_name: str
+    study_id: int | None = Field(None, description="the study's id in its storage (optuna-dashboard links)")
     seconds: float = Field(0.0, description="first trial's start to the last one's end")
     trials: list[TrialRecord] = Field(default_factory=list)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from pathlib import Path
 
 import matplotlib
@@ -24,6 +25,7 @@ from autoft.contracts import (
 )
 from autoft.errors import DataError
 from autoft.methods import base_of, is_wiseft
+from autoft.search_insight import importances, plot_search
 
 
 def assemble_results(
@@ -127,28 +129,6 @@ def plot_id_vs_ood(results: Results, path: Path) -> Path | None:
     return path
 
 
-def plot_search_history(searches: dict[str, SearchResult], path: Path) -> Path | None:
-    """Each searched method's trial values and best-so-far curve; None when no trial completed."""
-    done = {m: [t for t in r.trials if t.state == "COMPLETE" and t.value is not None] for m, r in searches.items()}
-    done = {m: trials for m, trials in done.items() if trials}
-    if not done:
-        return None
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for method, trials in done.items():
-        numbers = [t.number for t in trials]
-        values = [float(t.value) for t in trials]  # type: ignore[arg-type]
-        best = [max(values[: i + 1]) for i in range(len(values))]
-        line = ax.plot(numbers, best, "-", label=f"{method} best so far")[0]
-        ax.scatter(numbers, values, s=12, alpha=0.5, color=line.get_color())
-    ax.set_xlabel("trial")
-    ax.set_ylabel("search objective")
-    ax.set_title("Search history")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    _save_figure(fig, path)
-    return path
-
-
 def _hparams_lines(results: Results) -> list[str]:
     lines = []
     for method, row in results.methods.items():
@@ -161,21 +141,45 @@ def _hparams_lines(results: Results) -> list[str]:
     return lines
 
 
-def write_report(results: Results, searches: dict[str, SearchResult], out_dir: Path) -> dict[str, Path]:
-    """Write results.json, report.md, report.html and plots/ into ``out_dir``."""
+def _importance_lines(searches: dict[str, SearchResult]) -> list[str]:
+    lines = []
+    for method, result in searches.items():
+        ranked = sorted(importances(result).items(), key=lambda item: -item[1])
+        if ranked:
+            shown = ", ".join(f"{name} {value:.2f}" for name, value in ranked)
+            lines.append(f"- **{method}** (fANOVA over {result.trials_complete} trials): {shown}")
+    return lines
+
+
+def write_report(
+    results: Results, searches: dict[str, SearchResult], out_dir: Path, dashboard_url: str = ""
+) -> dict[str, Path]:
+    """Write results.json, report.md, report.html and plots/ into ``out_dir``.
+
+    Both reports stand alone: plots are embedded as data URIs (the Kubeflow UI shows a Markdown or HTML
+    artifact without its sibling files). ``dashboard_url`` (an optuna-dashboard) links each study.
+    """
     out_dir = Path(out_dir)
     plots = out_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    figures = {
-        "ID vs OOD": plot_id_vs_ood(results, plots / "id_vs_ood.png"),
-        "Search history": plot_search_history(searches, plots / "search_history.png"),
-    }
-    search_lines = [
-        f"- **{m}**: {s.trials_complete} trials, best objective {s.best_value:.4f} (storage `{s.storage}`)"
-        for m, s in results.search.items()
-    ]
+    figures: dict[str, Path | None] = {"ID vs OOD": plot_id_vs_ood(results, plots / "id_vs_ood.png")}
+    for result in searches.values():
+        figures.update(plot_search(result, plots))
+    search_lines = []
+    for method, summary in results.search.items():
+        study_id = searches[method].study_id if method in searches else None
+        link = (
+            f" ([optuna-dashboard]({dashboard_url.rstrip('/')}/dashboard/studies/{study_id}))"
+            if (dashboard_url and study_id is not None)
+            else ""
+        )
+        search_lines.append(
+            f"- **{method}**: {summary.trials_complete} trials, best objective {summary.best_value:.4f} "
+            f"(storage `{summary.storage}`){link}"
+        )
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in results.timing_s.items())
-    images = [f"![{title}]({path.relative_to(out_dir)})\n" for title, path in figures.items() if path is not None]
+    images = [f"![{title}]({_data_uri(path)})\n" for title, path in figures.items() if path is not None]
+    importance = _importance_lines(searches)
     markdown = "\n".join(
         [
             f"# AutoFT report: preset `{results.preset}`",
@@ -191,6 +195,7 @@ def write_report(results: Results, searches: dict[str, SearchResult], out_dir: P
             "## Search",
             *search_lines,
             "",
+            *(["### Which hyperparameters mattered", *importance, ""] if importance else []),
             "## Plots",
             *images,
             f"Timing: {timing}",
@@ -200,15 +205,26 @@ def write_report(results: Results, searches: dict[str, SearchResult], out_dir: P
     paths = {
         "results": results.save(out_dir / Results.FILE),
         "markdown": atomic_write_text(out_dir / "report.md", markdown),
-        "html": atomic_write_text(out_dir / "report.html", markdown_to_html(markdown, out_dir)),
+        "html": atomic_write_text(out_dir / "report.html", markdown_to_html(markdown)),
     }
     paths.update({title: path for title, path in figures.items() if path is not None})
     return paths
 
 
-def markdown_to_html(markdown: str, base: Path) -> str:
-    """A small rendering of the report's Markdown subset; images are embedded so the page stands alone
-    (the Kubeflow UI shows an HTML artifact without its sibling files)."""
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def _inline(text: str) -> str:
+    """Escape a line, then render the inline Markdown the report writes: bold, code and links."""
+    text = html.escape(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    text = re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+    return re.sub(r"\[(.+?)\]\((https?://[^)\s]+)\)", r'<a href="\2">\1</a>', text)
+
+
+def markdown_to_html(markdown: str) -> str:
+    """A small rendering of the report's Markdown subset (images are already data URIs)."""
     body, in_table = [], False
     for line in markdown.splitlines():
         if line.startswith("|") and "---" not in line:
@@ -230,12 +246,13 @@ def markdown_to_html(markdown: str, base: Path) -> str:
             body.append(f"<h2>{html.escape(line[3:])}</h2>")
         elif line.startswith("!["):
             alt, _, src = line[2:].partition("](")
-            data = base64.b64encode((base / src.rstrip(")")).read_bytes()).decode()
-            body.append(f'<p><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></p>')
+            body.append(f'<p><img alt="{html.escape(alt)}" src="{html.escape(src.rstrip(")"))}"></p>')
+        elif line.startswith("### "):
+            body.append(f"<h3>{_inline(line[4:])}</h3>")
         elif line.startswith("- "):
-            body.append(f"<li>{html.escape(line[2:])}</li>")
+            body.append(f"<li>{_inline(line[2:])}</li>")
         elif line.strip():
-            body.append(f"<p>{html.escape(line)}</p>")
+            body.append(f"<p>{_inline(line)}</p>")
     if in_table:
         body.append("</table>")
     style = (

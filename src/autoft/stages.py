@@ -12,12 +12,14 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 import torch
+from optuna.trial import FrozenTrial
 
 from autoft.config import AutoFTConfig
 from autoft.contracts import (
@@ -42,6 +44,7 @@ from autoft.hparams import Hyperparams
 from autoft.methods import BASE_METHODS, hparams_source
 from autoft.models.checkpoint import WEIGHTS_FILE, load_state_dict_file
 from autoft.models.classifier import CLIPClassifier, build_zeroshot_classifier, load_classifier
+from autoft.observers import TrainingObserver
 from autoft.search.objective import TrialObjective
 from autoft.search.space import SearchSpace
 from autoft.search.study import count_trials, create_or_load_study, run_worker, worker_quota
@@ -154,7 +157,7 @@ def stage_search(
     worker_index: int = 0,
     workers: int = 1,
     progress: bool = True,
-    on_trial_end: Callable[..., None] | None = None,
+    trial_callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
 ) -> dict[str, int]:
     """Run worker ``worker_index`` of ``workers`` for ``method``: its share of the study's total budget."""
     search = config.search_for(method)
@@ -185,7 +188,6 @@ def stage_search(
         prune_reports=search.prune_reports,
         eval_batch_size=config.data.eval_batch_size,
         num_workers=config.data.num_workers,
-        on_trial_end=on_trial_end,
     )
     study = create_or_load_study(storage, search, worker_index)
     run_worker(
@@ -196,6 +198,7 @@ def stage_search(
         workers=workers,
         max_failed_trials=search.max_failed_trials,
         show_progress=progress,
+        callbacks=trial_callbacks,
     )
     return count_trials(study)
 
@@ -228,6 +231,7 @@ def stage_finetune(
     out_dir: Path,
     resume: bool = False,
     progress: bool = True,
+    observer: TrainingObserver | None = None,
 ) -> FinetuneSummary:
     """Fine-tune with ``hparams``, keep the best ID-val epoch, then sweep WiSE-FT alphas on ID-val.
 
@@ -268,6 +272,7 @@ def stage_finetune(
         resume=resume,
         progress=progress,
         fingerprint=fingerprint,
+        observer=observer,
     )
     finetuned_state = load_state_dict_file(result.best_state_path)
     model.load_state_dict(finetuned_state)

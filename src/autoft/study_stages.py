@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from optuna.distributions import distribution_to_json
+
 from autoft.config import AutoFTConfig
 from autoft.contracts import SearchResult, TrialRecord
 from autoft.errors import SearchFailed
@@ -17,6 +19,7 @@ from autoft.search.study import (
     count_trials,
     fail_orphaned_trials,
     load_existing_study,
+    open_storage,
     prepare_study,
 )
 from autoft.urls import redact_url
@@ -53,7 +56,18 @@ def stage_select_best(config: AutoFTConfig, method: str, storage: str, out_path:
         storage=redact_url(storage),
         study_name=study.study_name,
         seconds=seconds,
-        trials=[TrialRecord(number=t.number, state=t.state.name, value=t.value, params=t.params) for t in trials],
+        study_id=open_storage(storage, search).get_study_id_from_name(study.study_name),
+        trials=[
+            TrialRecord(
+                number=t.number,
+                state=t.state.name,
+                value=t.value,
+                params=t.params,
+                distributions={k: distribution_to_json(d) for k, d in t.distributions.items()},
+                intermediate=dict(t.intermediate_values),
+            )
+            for t in trials
+        ],
     )
     result.save(out_path)
     return result

@@ -31,6 +31,7 @@ from autoft.hparams import Hyperparams
 from autoft.losses import LossBatch, ParameterAnchor, WeightedObjective
 from autoft.models.checkpoint import load_state_dict_file, save_state_dict
 from autoft.models.classifier import CLIPClassifier, fill_template
+from autoft.observers import TrainingObserver
 
 ADAM_BETAS = (0.9, 0.999)
 
@@ -239,11 +240,13 @@ def finetune(
     resume: bool = False,
     progress: bool = True,
     fingerprint: dict[str, str] | None = None,
+    observer: TrainingObserver | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``model`` in place with ``hparams``; the best ID-val epoch's weights are saved.
 
     ``fingerprint`` names what the run depends on (method, hyperparameters, data, starting weights,
     settings); each checkpoint records it, and ``resume`` refuses a checkpoint of any other run.
+    ``observer`` hears each optimizer step and each epoch (loss, terms, lr, ID-val) for tracking.
     """
     if train_images.class_names != model.class_names:
         raise ValueError(
@@ -302,6 +305,7 @@ def finetune(
         term_sums: dict[str, torch.Tensor] = {}
         bar = tqdm(total=steps_per_epoch, desc=f"finetune epoch {epoch + 1}/{config.epochs}", disable=not progress)
         optimizer.zero_grad(set_to_none=True)
+        step_values: dict[str, torch.Tensor] = {}
         for micro, (images, labels, _) in enumerate(loader):
             if micro >= micro_steps:
                 break
@@ -312,12 +316,20 @@ def finetune(
             seen += 1
             for name, value in terms.items():
                 term_sums[name] = term_sums.get(name, 0) + value
+            if observer is not None:
+                for name, value in {"loss": loss.detach(), **terms}.items():
+                    step_values[name] = step_values.get(name, 0) + value / config.grad_accum
             if (micro + 1) % config.grad_accum == 0:
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                lr = float(optimizer.param_groups[0]["lr"])
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 bar.update(1)
+                if observer is not None:
+                    step = epoch * steps_per_epoch + (micro + 1) // config.grad_accum
+                    observer.on_step(step, {**{k: float(v) for k, v in step_values.items()}, "lr": lr})
+                    step_values = {}
         bar.close()
         model.prepare_for_eval()
         id_val = metric_value(
@@ -334,6 +346,10 @@ def finetune(
             terms={name: float(total) / max(seen, 1) for name, total in term_sums.items()},
         )
         history.append(record)
+        if observer is not None:
+            observer.on_epoch(
+                epoch, {"train_loss": record.train_loss, "id_val": id_val, "lr": record.lr, **record.terms}
+            )
         if id_val > best_value:
             best_epoch, best_value = epoch, id_val
             save_state_dict(model.state_dict(), out_dir / BEST_WEIGHTS)

@@ -41,7 +41,6 @@ class TrialObjective:
         prune_reports: int = 4,
         eval_batch_size: int = 256,
         num_workers: int = 0,
-        on_trial_end: Callable[[optuna.Trial, float], None] | None = None,
     ) -> None:
         if len(ood_val) == 0:
             raise ValueError("the OOD-val subset is empty; the search has nothing to score")
@@ -63,7 +62,6 @@ class TrialObjective:
         self.report_every = max(inner_steps // prune_reports, 1)
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
-        self.on_trial_end = on_trial_end
 
     def score(self) -> float:
         self.model.prepare_for_eval()
@@ -102,6 +100,4 @@ class TrialObjective:
         if not math.isfinite(value):
             return math.nan  # Optuna marks the trial FAIL and the study goes on
         trial.set_user_attr(OOD_VAL_ATTR, value)
-        if self.on_trial_end is not None:
-            self.on_trial_end(trial, value)
         return value

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import optuna
@@ -176,8 +176,12 @@ def run_worker(
     workers: int = 1,
     max_failed_trials: int = 0,
     show_progress: bool = False,
+    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
 ) -> int:
-    """Run this worker's share of the TOTAL budget on the shared study; returns its counted trials."""
+    """Run this worker's share of the TOTAL budget on the shared study; returns its counted trials.
+
+    ``callbacks`` run after every trial (Optuna's callback signature), e.g. to track it in MLflow.
+    """
     if budget < 1:
         raise ConfigError(f"the trial budget must be >= 1, got {budget}")
     recorded = study.user_attrs.get("workers")
@@ -234,7 +238,7 @@ def run_worker(
     # traceback per failure (also for Ctrl-C, which the CLI reports in one line).
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
-        study.optimize(tagged, catch=(NonFiniteLossError,), callbacks=[after_trial], gc_after_trial=False)
+        study.optimize(tagged, catch=(NonFiniteLossError,), callbacks=[*callbacks, after_trial], gc_after_trial=False)
     finally:
         optuna.logging.set_verbosity(verbosity)
         bar.close()
