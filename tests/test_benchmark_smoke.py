@@ -50,7 +50,7 @@ def test_results_follow_the_schema(smoke_run: tuple[Results, Path]) -> None:
     control, autoft = results.methods["autoft_ce"].hparams, results.methods["autoft"].hparams
     assert (control.lr, control.weight_decay) == (autoft.lr, autoft.weight_decay)
     assert control.weights == {"ce": 1.0}
-    for name in ("report.md", "report.html", "plots/id_vs_ood.png", "plots/search_history.png", "config.yaml"):
+    for name in ("report.md", "report.html", "plots/id_vs_ood.png", "plots/search_autoft_history.png", "config.yaml"):
         assert (run_dir / name).is_file(), name
 
 
