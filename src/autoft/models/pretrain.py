@@ -232,7 +232,7 @@ class CaptionPlan:
 
     kinds: np.ndarray  # 0 word, 1 numeral, 2 no class, 3 wrong class
     named_class: np.ndarray  # the class the caption names (== label except for wrong captions)
-    template: np.ndarray  # index into the class or unlabeled caption list of the image's source
+    template: np.ndarray  # uniform in [0, 1): picks from the class or unlabeled captions of the image's source
     families: list[str] | None = None  # font family per image ("" or None: handwritten)
 
     WORD, NUMERAL, NO_CLASS, WRONG = 0, 1, 2, 3
