@@ -1,8 +1,9 @@
 """Robustness benchmark: the default preset over several seeds, mean and std per method and shift.
 
-A seed changes everything a user's seed would: the foundation model's pretraining, the data splits,
-the search sampler and the fine-tuning order. Writes ``docs/results/digits.md`` (and the raw
-per-seed results next to it as JSON). Report what comes out, whatever it is.
+A seed changes everything a user's seed would: the data splits, the search sampler and the fine-tuning
+order. The foundation model is one fixed asset for every seed (``PretrainRecipe.pretrain_seed``).
+Writes ``docs/results/digits.md`` (and the raw per-seed results next to it as JSON). Report what comes
+out, whatever it is.
 
     .venv/bin/python bench/robustness.py                 # seeds 0 1 2, preset digits
     .venv/bin/python bench/robustness.py --seeds 0 1 --preset smoke --out /tmp/bench.md

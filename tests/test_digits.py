@@ -6,6 +6,7 @@ outside the test suite (it takes minutes).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from autoft.config import validate_config
+from autoft.config import AutoFTConfig, validate_config
 from autoft.data.ds_digits import (
     CLASS_NAMES,
     PRETRAIN_POOL_SPLIT,
@@ -22,6 +23,7 @@ from autoft.data.ds_digits import (
     load_digit_images,
     pretraining_pool_indices,
 )
+from autoft.data.fonts import FONT_FILES, _glyph, family_of, render_font_digits
 from autoft.data.manifests import DatasetSplits, load_split, read_manifest
 from autoft.data.registry import get_builder
 from autoft.data.shifts import FAR_SHIFTS, NEAR_SHIFTS, SHIFTS, ShiftError, apply_shift
@@ -33,7 +35,7 @@ from autoft.models.factory import create_clip
 from autoft.models.pretrain import FOUNDATION_MODEL_NAME, CaptionPlan, PretrainRecipe, foundation_model
 from autoft.paths import CACHE_ENV, default_cache_dir
 
-SMOKE_RECIPE = PretrainRecipe(steps=3, batch_size=16, warmup_steps=1)
+SMOKE_RECIPE = PretrainRecipe(steps=3, batch_size=16, warmup_steps=1, printed_images=60, printed_share=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +138,7 @@ def test_splits_are_disjoint_where_they_must_be(built: tuple[Path, DatasetSplits
     assert not rows["ood_val_source"] & rows["id_test"]
     others = set().union(*(r for name, r in rows.items() if name != PRETRAIN_POOL_SPLIT))
     assert not rows[PRETRAIN_POOL_SPLIT] & others
-    assert rows[PRETRAIN_POOL_SPLIT] == set(pretraining_pool_indices(0).tolist())
+    assert rows[PRETRAIN_POOL_SPLIT] == set(pretraining_pool_indices().tolist())
     assert all(rows[shift] == rows["id_test"] for shift in splits.ood_tests)
 
 
@@ -178,6 +180,18 @@ def test_pretraining_pool_ignores_dataset_options(built: tuple[Path, DatasetSpli
         _rows(folder, splits, PRETRAIN_POOL_SPLIT), _rows(tmp_path, other, PRETRAIN_POOL_SPLIT)
     )
     assert len(_rows(tmp_path, other, "id_train")) > len(_rows(folder, splits, "id_train"))
+
+
+def test_pretraining_pool_is_the_same_for_every_seed(tmp_path: Path) -> None:
+    """The foundation model is one asset for all runs, so no seed may put its pool rows in a split."""
+    pool = set(pretraining_pool_indices().tolist())
+    assert len(pool) == 719
+    for seed in (0, 1, 7):
+        splits = _build(tmp_path / str(seed), seed=seed)
+        assert set(_rows(tmp_path / str(seed), splits, PRETRAIN_POOL_SPLIT).tolist()) == pool
+        for name in splits.manifests:
+            if name != PRETRAIN_POOL_SPLIT:
+                assert not pool & set(_rows(tmp_path / str(seed), splits, name).tolist()), (seed, name)
 
 
 @pytest.mark.parametrize(
@@ -250,11 +264,12 @@ def test_foundation_model_builds_loads_and_is_cached(tmp_path: Path, monkeypatch
     torch.manual_seed(123)
     expected_next = torch.rand(1)
     torch.manual_seed(123)
-    path = foundation_model(tmp_path, seed=0, progress=False, recipe=SMOKE_RECIPE)
+    path = foundation_model(tmp_path, progress=False, recipe=SMOKE_RECIPE)
     assert torch.equal(torch.rand(1), expected_next), "pretraining disturbed the caller's torch RNG"
     assert path.suffix == ".safetensors" and path.parent == tmp_path / "foundation"
     record = json.loads(path.with_suffix(".json").read_text())
-    assert record["seed"] == 0 and record["recipe_key"] == SMOKE_RECIPE.key() and record["pool_size"] == 719
+    assert record["pretrain_seed"] == 0 and record["recipe_key"] == SMOKE_RECIPE.key()
+    assert record["pool_size"] == 719 and record["printed_images"] == 60
 
     bundle = create_clip(FOUNDATION_MODEL_NAME, str(path))  # raises on any missing or unexpected key
     saved = load_state_dict_file(path)
@@ -268,19 +283,72 @@ def test_foundation_model_builds_loads_and_is_cached(tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(pretrain, "pretrain_clip", no_rebuild)
     mtime = path.stat().st_mtime_ns
-    assert foundation_model(tmp_path, seed=0, progress=False, recipe=SMOKE_RECIPE) == path
+    assert foundation_model(tmp_path, progress=False, recipe=SMOKE_RECIPE) == path
     assert path.stat().st_mtime_ns == mtime
-    with pytest.raises(AssertionError, match="rebuilt"):  # another seed is another model
-        foundation_model(tmp_path, seed=1, progress=False, recipe=SMOKE_RECIPE)
+    with pytest.raises(AssertionError, match="rebuilt"):  # another pretrain_seed is another model
+        foundation_model(tmp_path, progress=False, recipe=dataclasses.replace(SMOKE_RECIPE, pretrain_seed=1))
     with pytest.raises(ValueError, match="non-negative integer"):
-        foundation_model(tmp_path, seed=-1, progress=False, recipe=SMOKE_RECIPE)
+        PretrainRecipe(pretrain_seed=-1)
+
+
+def test_run_seed_does_not_change_the_foundation_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every run seed fine-tunes the same asset: resolving the built-in model ignores config.seed."""
+    from autoft.stages import resolve_pretrained
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(pretrain, "DEFAULT_RECIPE", SMOKE_RECIPE)
+    paths = {resolve_pretrained(AutoFTConfig(seed=s, model={"pretrained": "builtin:digits"})) for s in (0, 3)}
+    assert len(paths) == 1
+
+
+def test_default_foundation_model_ships_with_the_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The default recipe takes minutes to build: its weights ship, match its key, and are never rebuilt."""
+    shipped = pretrain.shipped_model_path(pretrain.DEFAULT_RECIPE)
+    assert shipped is not None, f"no shipped weights for the default recipe {pretrain.DEFAULT_RECIPE.key()}"
+    assert shipped.stat().st_size <= 20 * 2**20
+    record = json.loads(shipped.with_suffix(".json").read_text())
+    assert record["recipe_key"] == pretrain.DEFAULT_RECIPE.key() and record["sha256"] == pretrain.file_sha256(shipped)
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the shipped weights were rebuilt")
+
+    monkeypatch.setattr(pretrain, "pretrain_clip", no_build)
+    assert foundation_model(tmp_path, progress=False) == shipped
+    assert not (tmp_path / "foundation").exists()
+    create_clip(FOUNDATION_MODEL_NAME, str(shipped))  # loads into the architecture, every key matched
 
 
 def test_pretraining_is_deterministic() -> None:
-    tiny = PretrainRecipe(steps=2, batch_size=8, warmup_steps=1)
-    first = pretrain.pretrain_clip(5, tiny, progress=False).state
-    second = pretrain.pretrain_clip(5, tiny, progress=False).state
+    tiny = PretrainRecipe(steps=2, batch_size=8, warmup_steps=1, printed_images=20, printed_share=0.5, pretrain_seed=5)
+    first = pretrain.pretrain_clip(tiny, progress=False).state
+    second = pretrain.pretrain_clip(tiny, progress=False).state
     assert all(torch.equal(first[key], second[key]) for key in first)
+
+
+def test_printed_digits_are_deterministic_and_cover_every_font() -> None:
+    corpus = render_font_digits(2 * len(FONT_FILES) * 10, seed=0)
+    assert corpus.images.shape == (len(corpus.labels), 32, 32, 3) and corpus.images.dtype == np.uint8
+    np.testing.assert_array_equal(np.bincount(corpus.labels), np.full(10, 2 * len(FONT_FILES)))
+    assert set(corpus.families) == {family_of(name) for name in FONT_FILES}
+    for name in FONT_FILES:  # every listed file draws ten different digits (not boxes or symbols)
+        glyphs = {np.asarray(_glyph(name, digit, 0)).tobytes() for digit in range(10)}
+        assert len(glyphs) == 10, name
+    assert np.all(corpus.images.reshape(len(corpus.labels), -1).max(axis=1) == 255)  # ink at full brightness
+    assert np.all(corpus.images[..., 0] == corpus.images[..., 2])  # grey ink: colours come from the shifts
+    again = render_font_digits(2 * len(FONT_FILES) * 10, seed=0)
+    np.testing.assert_array_equal(corpus.images, again.images)
+    assert not np.array_equal(corpus.images, render_font_digits(len(corpus.labels), seed=1).images)
+
+
+def test_printed_captions_name_the_font() -> None:
+    recipe = PretrainRecipe(printed_images=10, printed_share=0.5, share_numeral=0.0, share_no_class=0.0)
+    labels = np.arange(20) % 10
+    families = [""] * 10 + ["DejaVu Serif"] * 10
+    plan = CaptionPlan.draw(labels, recipe, np.random.default_rng(0), families)
+    printed = [plan.caption(i, "", recipe) for i in range(10, 20)]
+    handwritten = [plan.caption(i, "", recipe) for i in range(10)]
+    assert any("DejaVu Serif" in c for c in printed) and not any("DejaVu" in c for c in handwritten)
+    assert not any("{" in c for c in printed + handwritten)
 
 
 def test_default_cache_dir_honours_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

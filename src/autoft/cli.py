@@ -86,8 +86,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from autoft.models.pretrain import foundation_model
     from autoft.paths import default_cache_dir
 
-    config = config_from_args(args, DEFAULT_PRESET)
-    path = foundation_model(Path(args.cache_dir) if args.cache_dir else default_cache_dir(), seed=config.seed)
+    config_from_args(args, DEFAULT_PRESET)  # validates --preset/--set; the model depends on neither
+    path = foundation_model(Path(args.cache_dir) if args.cache_dir else default_cache_dir())
     print(f"foundation model: {path}")
 
 

@@ -130,7 +130,7 @@ def resolve_pretrained(config: AutoFTConfig) -> str:
     from autoft.models.pretrain import foundation_model
     from autoft.paths import default_cache_dir
 
-    return str(foundation_model(default_cache_dir(), seed=config.seed))
+    return str(foundation_model(default_cache_dir()))
 
 
 def stage_zeroshot(config: AutoFTConfig, data_dir: Path, out_dir: Path) -> Path:

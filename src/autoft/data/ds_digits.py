@@ -7,9 +7,11 @@ outlines, colours, textures, rotation) that fine-tuning on clean digits can forg
 
 The 1,797 images are split once, stratified by class, as a function of the seed:
 
-* ``pretrain_pool``: the foundation model's pretraining images (``autoft.models.pretrain``). Its
-  size is fixed (``PRETRAIN_POOL_FRACTION``) and it is drawn from ``seed`` alone, never from the
-  dataset options, so the cached foundation model for a seed never saw a fine-tuning or test image.
+* ``pretrain_pool``: the handwritten half of the foundation model's pretraining images
+  (``autoft.models.pretrain``). It is ONE fixed set of rows for every seed and every option
+  (``PRETRAIN_POOL_FRACTION`` of each class, drawn once from ``PRETRAIN_POOL_SEED``), because the
+  foundation model is one fixed asset: whatever the run seed, no fine-tuning or test image is in it.
+  The seed only shuffles the other rows into the parts below.
 * ``id_train`` / ``id_val`` / ``id_test``: clean digits for fine-tuning, model selection and ID test.
 * ``ood_val_source``: held-out images drawn in the ``ood_val_shift`` family (several random copies
   per image, mixed severities) for AutoFT's search; its images are in no other split.
@@ -49,6 +51,9 @@ TEMPLATES = [
     "a drawing of the digit {c}.",
 ]
 PRETRAIN_POOL_FRACTION = 0.4
+# The fixed pool is the one seed 0 drew when the pool still followed the run seed, so seed 0's splits
+# are unchanged by making it fixed.
+PRETRAIN_POOL_SEED = 0
 PRETRAIN_POOL_SPLIT = "pretrain_pool"
 # Defaults (autoft.data.options.DigitsOptions): the search's OOD-val is `colorize`, a far shift that
 # plain fine-tuning erodes (random ink/background colours: measured -8 points after CE fine-tuning at
@@ -86,15 +91,22 @@ def _stream(seed: int, purpose: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(purpose.encode())])
 
 
-def pretraining_pool_indices(seed: int) -> np.ndarray:
-    """Rows of ``load_digits()`` in the pretraining pool for ``seed`` (stratified, sorted)."""
+@lru_cache(maxsize=1)
+def _pool_rows() -> np.ndarray:
     _, labels = load_digit_images()
-    rng = _stream(seed, "pretrain_pool")
+    rng = _stream(PRETRAIN_POOL_SEED, "pretrain_pool")
     chosen = []
     for label in range(len(CLASS_NAMES)):
         members = rng.permutation(np.flatnonzero(labels == label))
         chosen.append(members[: round(len(members) * PRETRAIN_POOL_FRACTION)])
-    return np.sort(np.concatenate(chosen))
+    rows = np.sort(np.concatenate(chosen))
+    rows.flags.writeable = False
+    return rows
+
+
+def pretraining_pool_indices() -> np.ndarray:
+    """Rows of ``load_digits()`` in the fixed pretraining pool (stratified, sorted; the same for every seed)."""
+    return _pool_rows()
 
 
 @dataclass
@@ -109,9 +121,9 @@ class DigitsPartition:
 
 
 def partition(seed: int, fractions: dict[str, float]) -> DigitsPartition:
-    """Split the images outside the pretraining pool by ``fractions``, stratified by class."""
+    """Split the images outside the (seed-independent) pretraining pool by ``fractions``, stratified by class."""
     _, labels = load_digit_images()
-    pool = pretraining_pool_indices(seed)
+    pool = pretraining_pool_indices()
     rest = np.setdiff1d(np.arange(len(labels)), pool)
     rng = _stream(seed, "partition")
     parts: dict[str, list[np.ndarray]] = {name: [] for name in SPLIT_PARTS}
@@ -200,6 +212,7 @@ def build_digits(config: AutoFTConfig, out_dir: Path) -> DatasetSplits:
             "seed": seed,
             "pretrain_pool": PRETRAIN_POOL_SPLIT,
             "pretrain_pool_fraction": PRETRAIN_POOL_FRACTION,
+            "pretrain_pool_seed": PRETRAIN_POOL_SEED,
             "ood_val_shift": options.ood_val_shift,
             "ood_val_severities": options.ood_val_severities,
             "ood_test_severity": options.test_severity,
