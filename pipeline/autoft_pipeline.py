@@ -13,7 +13,6 @@ from components.evaluate.component import evaluate
 from components.finalize.component import finalize
 from components.finetune.component import finetune
 from components.gate.component import gate
-from components.image import STEP_IMAGE
 from components.prepare_data.component import prepare_data
 from components.register.component import register
 from components.report.component import report
@@ -113,16 +112,17 @@ def build_pipeline(config: AutoFTConfig, settings: ClusterSettings | None = None
             mlflow_tracking_uri=mlflow_tracking_uri,
             output_dir=output_dir,
         )
-        with_mlflow(with_study_storage(step(cleanup, "finalize (exit handler)", settings.light)))
-        cleanup.set_caching_options(False)
+        with_mlflow(with_study_storage(step(cleanup, "finalize (exit handler)", settings.light, settings)))
 
         with dsl.ExitHandler(cleanup, name="autoft-run"):
-            prepare = prepare_data(**common, **tracked, candidate_method=candidate_method, step_image=STEP_IMAGE)
-            with_mlflow(with_datasets(step(prepare, "prepare data", settings.light), settings))
+            prepare = prepare_data(
+                **common, **tracked, candidate_method=candidate_method, step_image=settings.step_image
+            )
+            with_mlflow(with_datasets(step(prepare, "prepare data", settings.prepare, settings), settings))
             prepared = prepare.outputs["prepared"]
 
             zeroshot_task = build_zeroshot(**common, prepared=prepared)
-            with_datasets(step(zeroshot_task, "zero-shot model", settings.evaluation), settings)
+            with_datasets(step(zeroshot_task, "zero-shot model", settings.zeroshot, settings), settings)
             zeroshot = zeroshot_task.outputs["zeroshot"]
 
             # Search: one study per searched method, N workers on it, then its best hyperparameters.
@@ -131,8 +131,7 @@ def build_pipeline(config: AutoFTConfig, settings: ClusterSettings | None = None
                 study = create_study(
                     **common, method=method, study_storage=study_storage, run_id=run_id, search_workers=search_workers
                 )
-                with_study_storage(step(study, f"create study: {method}", settings.light))
-                study.set_caching_options(False)
+                with_study_storage(step(study, f"create study: {method}", settings.light, settings))
                 with dsl.ParallelFor(study.output, parallelism=parallelism, name=f"search-{method}") as worker:
                     search = search_worker(
                         **common,
@@ -145,12 +144,11 @@ def build_pipeline(config: AutoFTConfig, settings: ClusterSettings | None = None
                         prepared=prepared,
                         zeroshot=zeroshot,
                     )
-                    with_mlflow(with_study_storage(step(search, f"search worker: {method}", settings.training)))
-                    gpu_task(search, settings, settings.training, retries=settings.search_retries)
-                    search.set_caching_options(False)
+                    with_mlflow(with_study_storage(step(search, f"search worker: {method}", settings.search, settings)))
+                    gpu_task(search, settings, settings.search)
                 best[method] = select_best(**common, method=method, study_storage=study_storage, run_id=run_id)
-                with_study_storage(step(best[method], f"best hyperparameters: {method}", settings.light))
-                best[method].set_caching_options(False).after(search)
+                with_study_storage(step(best[method], f"best hyperparameters: {method}", settings.light, settings))
+                best[method].after(search)
 
             # Fine-tuning: each method from its own search, or a control from the search it borrows.
             tuned: dict[str, dsl.PipelineTask] = {}
@@ -163,8 +161,8 @@ def build_pipeline(config: AutoFTConfig, settings: ClusterSettings | None = None
                     zeroshot=zeroshot,
                     hparams=best[hparams_source(method)].outputs["best_hparams"],
                 )
-                with_mlflow(step(tuned[method], f"fine-tune: {method}", settings.training))
-                gpu_task(tuned[method], settings, settings.training, retries=settings.finetune_retries)
+                with_mlflow(step(tuned[method], f"fine-tune: {method}", settings.finetune, settings))
+                gpu_task(tuned[method], settings, settings.finetune)
 
             # Each method's model: a fine-tune step's output (WiSE-FT variants take its interpolated model).
             models = {}
@@ -184,7 +182,7 @@ def build_pipeline(config: AutoFTConfig, settings: ClusterSettings | None = None
                     zeroshot=zeroshot,
                     **models,
                 )
-                step(evaluation, "evaluate", settings.evaluation)
+                step(evaluation, "evaluate", settings.evaluation, settings)
                 gpu_task(evaluation, settings, settings.evaluation)
 
             summary = report(
@@ -195,8 +193,7 @@ def build_pipeline(config: AutoFTConfig, settings: ClusterSettings | None = None
                 **{f"{m}_search": best[m].outputs["best_hparams"] for m in searched},
                 **{f"{m}_finetune": tuned[m].outputs["summary"] for m in finetuned},
             )
-            with_mlflow(step(summary, "report", settings.light))
-            summary.set_caching_options(False)
+            with_mlflow(step(summary, "report", settings.light, settings))
 
             if has_candidate:
                 decision = gate(
@@ -208,8 +205,7 @@ def build_pipeline(config: AutoFTConfig, settings: ClusterSettings | None = None
                     registered_model=registered_model,
                     results=summary.outputs["results"],
                 )
-                with_mlflow(step(decision, "gate: beats baselines and champion?", settings.light))
-                decision.set_caching_options(False)
+                with_mlflow(step(decision, "gate: beats baselines and champion?", settings.light, settings))
                 # A single-output step's `Output` in a comparison with a constant: the form KFP conditions
                 # take (and the one kfp.local can resolve); `is True` would not build a condition.
                 with dsl.If(decision.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
@@ -221,7 +217,6 @@ def build_pipeline(config: AutoFTConfig, settings: ClusterSettings | None = None
                         gate_min_gain=gate_min_gain,
                         results=summary.outputs["results"],
                     )
-                    with_mlflow(step(registration, "register champion", settings.light))
-                    registration.set_caching_options(False)
+                    with_mlflow(step(registration, "register champion", settings.register, settings))
 
     return autoft_pipeline

@@ -6,8 +6,9 @@ volumes and labels match manifests/ (the namespace the pipeline's pods run in mu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
+from components.image import STEP_IMAGE
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
@@ -39,6 +40,21 @@ class Resources:
     memory: str
 
 
+HOUR = 3600
+
+
+@dataclass(frozen=True)
+class StepPolicy:
+    """How one kind of step runs: its requests, a deadline (a hung step fails instead of holding a GPU
+    forever), and how often KFP retries it. Only idempotent steps retry: fine-tuning resumes from its
+    durable checkpoint, a search worker fails its orphaned trial and finishes its share, evaluation and
+    data preparation rewrite their outputs; registering a model version is not retried."""
+
+    resources: Resources
+    timeout_s: int
+    retries: int = 0
+
+
 @dataclass(frozen=True)
 class Toleration:
     key: str
@@ -55,6 +71,8 @@ class ClusterSettings:
     must execute this same pipeline.
     """
 
+    # The image every step runs in: a local tag for kfp.local, a registry digest in a release.
+    step_image: str = STEP_IMAGE
     accelerator_type: str = "nvidia.com/gpu"
     accelerator_count: int = 1
     # KFP's iterator policy takes a number in the IR, not a parameter: search workers beyond this wait.
@@ -63,15 +81,28 @@ class ClusterSettings:
     gpu_tolerations: tuple[Toleration, ...] = (Toleration("nvidia.com/gpu"),)
     # DataLoader workers pass batches through /dev/shm; a container's default 64 MiB is far too small.
     shm_size: str = "8Gi"
-    training: Resources = Resources(cpu="4", memory="16Gi")
-    evaluation: Resources = Resources(cpu="2", memory="8Gi")
-    light: Resources = Resources(cpu="500m", memory="2Gi")
-    datasets_pvc: str | None = "autoft-datasets"
-    datasets_mount: str = "/data"
+    # Deadlines are generous bounds for ImageNet-sized runs, not estimates.
+    prepare: StepPolicy = StepPolicy(Resources(cpu="2", memory="8Gi"), timeout_s=6 * HOUR, retries=2)
+    zeroshot: StepPolicy = StepPolicy(Resources(cpu="2", memory="8Gi"), timeout_s=2 * HOUR, retries=2)
     # A retried search worker fails the trial its lost pod left RUNNING and finishes its share of the
     # budget (autoft.search.study), so a preempted worker costs one trial, not the run.
-    search_retries: int = 2
-    finetune_retries: int = 1
+    search: StepPolicy = StepPolicy(Resources(cpu="4", memory="16Gi"), timeout_s=24 * HOUR, retries=2)
+    # A retried fine-tune resumes from the last finished epoch in durable storage (autoft.durable).
+    finetune: StepPolicy = StepPolicy(Resources(cpu="4", memory="16Gi"), timeout_s=72 * HOUR, retries=3)
+    evaluation: StepPolicy = StepPolicy(Resources(cpu="2", memory="8Gi"), timeout_s=6 * HOUR, retries=2)
+    light: StepPolicy = StepPolicy(Resources(cpu="500m", memory="2Gi"), timeout_s=HOUR // 2, retries=2)
+    # A retried registration could create a second model version for the same run.
+    register: StepPolicy = StepPolicy(Resources(cpu="500m", memory="2Gi"), timeout_s=HOUR // 2, retries=0)
+    datasets_pvc: str | None = "autoft-datasets"
+    datasets_mount: str = "/data"
+
+    def without_retries(self) -> ClusterSettings:
+        """The same settings with no retries: `autoft run` on one machine fails at once and says why (a
+        retry there repeats a deterministic error after a back-off; `--resume`-style reruns continue)."""
+        policies = {
+            f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), StepPolicy)
+        }
+        return replace(self, **{name: replace(policy, retries=0) for name, policy in policies.items()})
 
     def __post_init__(self) -> None:
         if self.search_parallelism < 1:
@@ -80,10 +111,22 @@ class ClusterSettings:
             raise ValueError(f"accelerator_count must be >= 0, got {self.accelerator_count}")
 
 
-def step(task: PipelineTask, display_name: str, resources: Resources) -> PipelineTask:
-    """What every step gets: a readable name, requests, the labels network policies match, GCS credentials."""
+def step(task: PipelineTask, display_name: str, policy: StepPolicy, settings: ClusterSettings) -> PipelineTask:
+    """What every step gets: the step image, a readable name, requests, a deadline and retries, no KFP
+    cache, the labels network policies match, GCS credentials.
+
+    KFP's cache is off for every step: its key covers parameters, input artifacts and the image, but not
+    data behind a URI (``data.root`` may change in place), and a cache hit would skip the step's MLflow
+    logging, leaving holes in the run's tree. A run avoids repeated work through retries that resume
+    (durable checkpoints, the shared Optuna study), not through the cache.
+    """
+    task.set_container_image(settings.step_image)
     task.set_display_name(display_name)
-    task.set_cpu_request(resources.cpu).set_memory_request(resources.memory)
+    task.set_cpu_request(policy.resources.cpu).set_memory_request(policy.resources.memory)
+    task.set_caching_options(False)
+    kubernetes.set_timeout(task, policy.timeout_s)
+    if policy.retries:
+        task.set_retry(policy.retries, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="600s")
     for key, value in POD_LABELS.items():
         kubernetes.add_pod_label(task, key, value)
     kubernetes.use_secret_as_env(task, GCS_SECRET, GCS_SECRET_KEYS, optional=True)
@@ -109,11 +152,11 @@ def with_datasets(task: PipelineTask, settings: ClusterSettings) -> PipelineTask
     return task
 
 
-def gpu_task(task: PipelineTask, settings: ClusterSettings, resources: Resources, retries: int = 0) -> PipelineTask:
+def gpu_task(task: PipelineTask, settings: ClusterSettings, policy: StepPolicy) -> PipelineTask:
     """Training-like steps: a GPU on a GPU node, tolerated taints, a memory-backed /dev/shm."""
     if settings.accelerator_count:
         task.set_accelerator_type(settings.accelerator_type).set_accelerator_limit(settings.accelerator_count)
-    task.set_cpu_limit(resources.cpu).set_memory_limit(resources.memory)
+    task.set_cpu_limit(policy.resources.cpu).set_memory_limit(policy.resources.memory)
     for key, value in settings.gpu_node_selector.items():
         kubernetes.add_node_selector(task, key, value)
     for toleration in settings.gpu_tolerations:
@@ -121,6 +164,4 @@ def gpu_task(task: PipelineTask, settings: ClusterSettings, resources: Resources
     kubernetes.empty_dir_mount(
         task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=settings.shm_size
     )
-    if retries:
-        task.set_retry(retries, backoff_duration="30s")
     return with_datasets(task, settings)

@@ -2,6 +2,9 @@
 
 The committed ``pipeline/compiled/autoft_pipeline.yaml`` is the default preset compiled with the default
 cluster settings; tests/test_pipeline_compile.py fails when it is stale (`autoft compile` refreshes it).
+It names the local tag of the step image, which no registry serves, and says so in its first lines: it is
+for review and for local runs. What a cluster runs comes from `make release` (pipeline/release.py), which
+compiles the same pipeline against the pushed image's digest.
 """
 
 from __future__ import annotations
@@ -19,8 +22,15 @@ from autoft.config import AutoFTConfig, urls_with_passwords
 from autoft.methods import ALL_METHODS
 from pipeline.autoft_pipeline import build_pipeline
 from pipeline.cluster import ClusterSettings
+from pipeline.release import is_pinned
 
 COMPILED_PIPELINE = Path(__file__).resolve().parent / "compiled" / "autoft_pipeline.yaml"
+# The first lines of a pipeline compiled against a tag (a YAML comment: the upload ignores it).
+PLACEHOLDER_NOTE = (
+    "# NOT DEPLOYABLE AS IS: the steps name the image {image!r}, a mutable local tag that no registry serves.\n"
+    "# For a cluster, build, push and compile against the pushed digest in one command:\n"
+    "#   make release IMAGE_REGISTRY=REGION-docker.pkg.dev/PROJECT/REPO   (docs/deploy.md)\n"
+)
 
 
 def all_methods() -> list[str]:
@@ -44,6 +54,7 @@ def compile_pipeline(
     holding a password (in a storage or tracking URL) is refused: it would be the parameter's visible default.
     """
     refuse_visible_passwords(urls_with_passwords(config))
+    settings = settings or ClusterSettings()
     package_path = Path(package_path)
     package_path.parent.mkdir(parents=True, exist_ok=True)
     # The compiler picks the format from the suffix, so the temporary file keeps ``.yaml``.
@@ -51,6 +62,9 @@ def compile_pipeline(
     os.close(fd)
     try:
         compiler.Compiler().compile(build_pipeline(config, settings), tmp_name)
+        if not is_pinned(settings.step_image):
+            compiled = Path(tmp_name).read_text()
+            Path(tmp_name).write_text(PLACEHOLDER_NOTE.format(image=settings.step_image) + compiled)
         # mkstemp creates the file private (0600); a compiled pipeline is an ordinary, shared file.
         umask = os.umask(0)
         os.umask(umask)

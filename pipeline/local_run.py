@@ -183,8 +183,12 @@ def run_with_kfp_local(
     parameters: dict[str, Any] | None = None,
     echo: bool = True,
     runner: local.SubprocessRunner | local.DockerRunner | None = None,
+    retries: bool = False,
 ) -> Results:
     """Run the whole pipeline through kfp.local into ``run_dir``; returns the results (results.json).
+
+    ``retries`` keeps the cluster's retry policies (kfp.local honours them); off by default, so a failing
+    step on one machine fails the run at once instead of repeating after a back-off.
 
     ``parameters`` sets other pipeline parameters (e.g. ``gate_min_gain``); the config, the folders and
     the study/MLflow locations are derived from ``config`` and ``run_dir``. ``runner`` defaults to
@@ -193,7 +197,8 @@ def run_with_kfp_local(
     if search_workers < 1:
         raise ValueError(f"search_workers must be >= 1, got {search_workers}")
     run_dir = Path(run_dir).resolve()
-    pipeline = build_pipeline(config, ClusterSettings(search_parallelism=search_workers))
+    settings = ClusterSettings(search_parallelism=search_workers)
+    pipeline = build_pipeline(config, settings if retries else settings.without_retries())
     arguments, env = local_arguments(config, run_dir, search_workers)
     extra = dict(parameters or {})
     declared = set(pipeline.component_spec.inputs or {})

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +23,17 @@ from autoft.errors import ConfigError
 from autoft.urls import redact_url, url_password
 from pipeline.autoft_pipeline import config_parameter
 from pipeline.compile import COMPILED_PIPELINE, compiled_default_config, pipeline_parameters, read_pipeline_spec
+from pipeline.release import release_version
 
 DEFAULT_SERVICE_ACCOUNT = "autoft-pipeline-runner"  # manifests/base/pipeline/serviceaccount.yaml
 TOKEN_ENV = "KFP_TOKEN"  # a bearer token for kfp.Client(existing_token=...), never on the command line
-VERSION_SHA_LENGTH = 12
+# A command printing a fresh bearer token, run again before the last one ages out: short-lived OIDC tokens
+# (an IAP ID token lives 1 h) outlast neither a long `--wait` nor a slow upload otherwise. For example, in CI
+# after Workload Identity Federation: gcloud auth print-identity-token --audiences=IAP_CLIENT_ID
+TOKEN_COMMAND_ENV = "KFP_TOKEN_COMMAND"
+TOKEN_MAX_AGE_S = 15 * 60
+# v2beta1 run states after which a run never changes again.
+FINAL_RUN_STATES = {"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED"}
 # KFP's list filters use numeric operation codes (kfp.client.client._FILTER_OPERATIONS["EQUALS"]).
 FILTER_EQUALS = 1
 
@@ -79,32 +88,6 @@ class SubmitPlan:
             "parameters": self.parameters,
             "calls": [call.to_json() for call in self.calls],
         }
-
-
-def git_version(repo: Path | None = None) -> str:
-    """The pipeline version name: the commit (12 hex digits), ``-dirty`` when tracked files changed.
-
-    CI provides GITHUB_SHA; elsewhere git is asked. Uploading the same commit twice reuses its version.
-    """
-    repo = repo or Path(__file__).resolve().parents[1]
-    sha = os.environ.get("GITHUB_SHA", "").strip()
-    dirty = False
-    if not sha:
-        try:
-            sha = subprocess.run(
-                ["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True, text=True
-            ).stdout.strip()
-            status = subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
-                cwd=repo,
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout
-            dirty = bool(status.strip())
-        except (OSError, subprocess.CalledProcessError) as error:
-            raise ConfigError(f"cannot name the pipeline version: git failed ({error}); pass --version-name") from None
-    return sha[:VERSION_SHA_LENGTH] + ("-dirty" if dirty else "")
 
 
 def kfp_cron(schedule: str) -> str:
@@ -172,7 +155,7 @@ def plan_submission(
             f"{compiled_methods}; compile for it first: autoft compile --preset {config.preset} --methods config"
         )
     pipeline_name = spec["pipelineInfo"]["name"]
-    version = version_name or git_version()
+    version = version_name or release_version(package_path)
     experiment = experiment or f"autoft-{config.preset}"
     run_name = run_name or f"autoft-{config.preset}-{version}"
     parameters: dict[str, Any] = {"config_yaml": config_parameter(config), **parse_parameters(params or [], declared)}
@@ -244,7 +227,8 @@ def plan_submission(
 def client_arguments(host: str, namespace: str | None, ssl_ca_cert: str | None = None) -> dict[str, Any]:
     """kfp.Client's arguments: the host, the namespace, and credentials by the usual KFP means.
 
-    ``$KFP_TOKEN`` becomes ``existing_token``; otherwise, where a KFP service-account token is mounted
+    ``$KFP_TOKEN_COMMAND`` is run for a bearer token, again before it ages out; else ``$KFP_TOKEN`` becomes
+    ``existing_token``; otherwise, where a KFP service-account token is mounted
     (``$KF_PIPELINES_SA_TOKEN_PATH`` or its default path), it is read by kfp's own
     ServiceAccountTokenVolumeCredentials; otherwise kfp.Client falls back to kubeconfig / no auth.
     """
@@ -256,8 +240,11 @@ def client_arguments(host: str, namespace: str | None, ssl_ca_cert: str | None =
     if ssl_ca_cert:
         arguments["ssl_ca_cert"] = ssl_ca_cert
     token = os.environ.get(TOKEN_ENV, "").strip()
+    token_command = os.environ.get(TOKEN_COMMAND_ENV, "").strip()
     token_path = os.environ.get(kfp_client.KF_PIPELINES_SA_TOKEN_ENV) or kfp_client.KF_PIPELINES_SA_TOKEN_PATH
-    if token:
+    if token_command:
+        arguments["credentials"] = CommandTokenCredentials(token_command)
+    elif token:
         arguments["existing_token"] = token
     elif Path(token_path).is_file():
         arguments["credentials"] = kfp_client.ServiceAccountTokenVolumeCredentials()
@@ -299,3 +286,57 @@ def execute(plan: SubmitPlan, client: Any) -> dict[str, str | None]:
         if call.stores:
             ids[call.stores] = _result_id(call.method, result)
     return ids
+
+
+class CommandTokenCredentials:
+    """kfp.Client credentials from a command that prints a bearer token, re-run when the token ages out.
+
+    kfp's generated API client calls ``refresh_api_key_hook`` before every request, so a long ``--wait``
+    keeps working after the first short-lived token expires. The command runs without a shell.
+    """
+
+    def __init__(self, command: str, max_age_s: float = TOKEN_MAX_AGE_S) -> None:
+        self.command = shlex.split(command)
+        if not self.command:
+            raise ConfigError(f"${TOKEN_COMMAND_ENV} is empty")
+        self.max_age_s = max_age_s
+        self._token = ""
+        self._fetched_at = -float("inf")
+
+    def token(self) -> str:
+        if time.monotonic() - self._fetched_at >= self.max_age_s:
+            try:
+                done = subprocess.run(self.command, capture_output=True, text=True, timeout=120, check=False)
+            except (OSError, subprocess.TimeoutExpired) as error:
+                raise ConfigError(f"${TOKEN_COMMAND_ENV} ({self.command[0]}) could not run: {error}") from None
+            token = done.stdout.strip()
+            if done.returncode != 0 or not token or any(c.isspace() for c in token):
+                tail = done.stderr.strip().splitlines()[-3:]
+                raise ConfigError(
+                    f"${TOKEN_COMMAND_ENV} ({self.command[0]}) gave no token (exit {done.returncode}): "
+                    f"{' / '.join(tail) or 'empty output'}"
+                )
+            self._token, self._fetched_at = token, time.monotonic()
+        return self._token
+
+    def refresh_api_key_hook(self, config: Any) -> None:
+        config.api_key["authorization"] = self.token()
+
+
+def wait_for_run(client: Any, run_id: str, timeout_s: float, poll_s: float = 30.0) -> str:
+    """Poll a run until it reaches a final state; returns that state, or ``TIMED_OUT`` after ``timeout_s``.
+
+    kfp.Client.wait_for_run_completion does not count CANCELED as final, so it would wait out the timeout.
+    """
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while True:
+        state = str(getattr(client.get_run(run_id), "state", None) or "PENDING").upper()
+        if state != last:
+            print(f"run {run_id}: {state}", flush=True)
+            last = state
+        if state in FINAL_RUN_STATES:
+            return state
+        if time.monotonic() >= deadline:
+            return "TIMED_OUT"
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))

@@ -225,18 +225,45 @@ def test_training_tasks_have_the_kubernetes_settings(documents: tuple[dict[str, 
         if "app.kubernetes.io/part-of" in peer.get("podSelector", {}).get("matchLabels", {})
     ]
     assert admitted and all(labels == POD_LABELS for labels in admitted)
-    finetunes = [e for n, e in spec["deploymentSpec"]["executors"].items() if executor_base(n) == "finetune"]
-    assert finetunes  # retries live on the task: a retried search worker finishes its share of the budget
+    containers = {name for name, c in spec["components"].items() if c.get("executorLabel")}
     retried = {
-        t["taskInfo"]["name"]: t["retryPolicy"]["maxRetryCount"]
+        t["taskInfo"]["name"]: t.get("retryPolicy", {}).get("maxRetryCount", 0)
         for t in tasks_of(spec).values()
-        if t.get("retryPolicy")
+        if t["componentRef"]["name"] in containers  # not the loops, the exit handler's group, the condition
     }
-    assert {name.split(":")[0] for name in retried} == {"fine-tune", "search worker"}
-    assert all(
-        count == (settings.finetune_retries if name.startswith("fine-tune") else settings.search_retries)
-        for name, count in retried.items()
-    )
+    expected = {
+        "fine-tune": settings.finetune.retries,
+        "search worker": settings.search.retries,
+        "prepare data": settings.prepare.retries,
+        "zero-shot model": settings.zeroshot.retries,
+        "evaluate": settings.evaluation.retries,
+        "register champion": 0,  # a second attempt could register a second model version
+    }
+    for name, count in retried.items():
+        kind = name.split(":")[0]
+        assert count == expected.get(kind, settings.light.retries), name
+    assert settings.finetune.retries >= 1 and settings.search.retries >= 1  # preemptible GPU nodes
+
+
+def test_every_step_has_a_deadline_and_no_cache(documents: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    """A hung step must fail rather than hold a GPU, and KFP's cache must never serve stale splits (its key
+    cannot see data that changed behind the same data.root) or skip a step's MLflow logging."""
+    spec, kubernetes = documents
+    settings = ClusterSettings()
+    for name in spec["deploymentSpec"]["executors"]:
+        assert int(kubernetes[name]["activeDeadlineSeconds"]) > 0, name
+    deadline = {executor_base(n): int(kubernetes[n]["activeDeadlineSeconds"]) for n in kubernetes}
+    assert deadline["finetune"] == settings.finetune.timeout_s
+    assert deadline["prepare-data"] == settings.prepare.timeout_s
+    cached = [t["taskInfo"]["name"] for t in tasks_of(spec).values() if t.get("cachingOptions", {}).get("enableCache")]
+    assert not cached
+
+
+def test_local_runs_fail_fast_but_keep_the_cluster_policies_otherwise() -> None:
+    settings = ClusterSettings(search_parallelism=3)
+    local = settings.without_retries()
+    assert local.finetune.retries == local.search.retries == local.prepare.retries == 0
+    assert local.finetune.timeout_s == settings.finetune.timeout_s and local.search_parallelism == 3
 
 
 def test_cluster_settings_change_the_ir(tmp_path: Path, default_config) -> None:

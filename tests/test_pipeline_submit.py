@@ -6,10 +6,12 @@ from __future__ import annotations
 import inspect
 import json
 import subprocess
+import sys
 from pathlib import Path
 from unittest import mock
 
 import kfp
+import kfp_server_api
 import pytest
 import yaml
 from kfp_server_api.models import (
@@ -20,17 +22,21 @@ from kfp_server_api.models import (
     V2beta1RecurringRun,
     V2beta1Run,
 )
+from pipeline import release
 from pipeline.compile import COMPILED_PIPELINE, compile_pipeline, with_methods
+from pipeline.release import git_version, images_in
 from pipeline.submit import (
     DEFAULT_SERVICE_ACCOUNT,
+    TOKEN_COMMAND_ENV,
     TOKEN_ENV,
     ClientCall,
+    CommandTokenCredentials,
     Ref,
     client_arguments,
     execute,
-    git_version,
     kfp_cron,
     plan_submission,
+    wait_for_run,
 )
 
 from autoft.cli import main
@@ -39,17 +45,23 @@ from autoft.errors import ConfigError
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 HOST = "http://127.0.0.1:8888"
+DIGEST = "sha256:" + "ab" * 32
+PINNED = f"registry.example/team/autoft-step@{DIGEST}"
 
 
 @pytest.fixture(autouse=True)
-def fixed_commit(monkeypatch: pytest.MonkeyPatch) -> None:
+def fixed_commit(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("GITHUB_SHA", SHA)
     monkeypatch.delenv(TOKEN_ENV, raising=False)
+    monkeypatch.delenv(TOKEN_COMMAND_ENV, raising=False)
+    monkeypatch.delenv("AUTOFT_STEP_IMAGE", raising=False)
     monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", "/nonexistent/token")
+    monkeypatch.setattr(release, "RELEASE_DIR", tmp_path / "release")
 
 
 def dry_run(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
-    assert main(["submit", "--host", HOST, "--dry-run", *args]) == 0
+    """A dry run of `autoft submit`, compiling against a digest-pinned image (what a cluster must run)."""
+    assert main(["submit", "--host", HOST, "--dry-run", "--image", PINNED, *args]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -61,9 +73,10 @@ def bind_to_real_client(call: ClientCall) -> inspect.BoundArguments:
 
 def test_dry_run_shows_version_experiment_and_parameters(capsys: pytest.CaptureFixture[str]) -> None:
     shown = dry_run(capsys, "--preset", "smoke", "--namespace", "team-a", "--param", "search_workers=4")
-    assert shown["version"] == SHA[:12]
+    version = f"{SHA[:12]}-{'ab' * 6}"  # the commit and the image digest: two builds of one commit differ
+    assert shown["version"] == version
     assert shown["experiment"] == "autoft-smoke"
-    assert shown["run_name"] == f"autoft-smoke-{SHA[:12]}"
+    assert shown["run_name"] == f"autoft-smoke-{version}"
     assert shown["client"] == {"host": HOST, "namespace": "team-a"}
     smoke = resolve_config(preset="smoke")
     assert yaml.safe_load(shown["parameters"]["config_yaml"]) == json.loads(smoke.model_dump_json())
@@ -78,8 +91,11 @@ def test_dry_run_shows_version_experiment_and_parameters(capsys: pytest.CaptureF
         "run_pipeline",
     ]
     upload = shown["calls"][3]["kwargs"]
-    assert upload["pipeline_version_name"] == SHA[:12]
-    assert upload["pipeline_package_path"] == str(COMPILED_PIPELINE)
+    assert upload["pipeline_version_name"] == version
+    uploaded = Path(upload["pipeline_package_path"])
+    assert uploaded == release.RELEASE_DIR / f"autoft_pipeline-{SHA[:12]}.yaml"
+    assert images_in(uploaded) == {PINNED}  # every step, by digest
+    assert not uploaded.read_text().startswith("# NOT DEPLOYABLE")
     run = shown["calls"][-1]["kwargs"]
     assert run["experiment_id"] == "<experiment_id>" and run["version_id"] == "<version_id>"
     assert run["service_account"] == DEFAULT_SERVICE_ACCOUNT
@@ -218,3 +234,88 @@ def test_kfp_cron_accepts_five_or_six_fields() -> None:
     assert kfp_cron("30 0 3 * * *") == "30 0 3 * * *"
     with pytest.raises(ConfigError):
         kfp_cron("* *")
+
+
+def test_submit_refuses_a_pipeline_that_names_a_mutable_tag(capsys: pytest.CaptureFixture[str]) -> None:
+    """The committed pipeline names the local placeholder tag: uploading it would run whatever that tag
+    holds on the cluster (or nothing at all), so submit wants a pushed image or a release file."""
+    assert images_in(COMPILED_PIPELINE) == {"autoft-step:0.1.0"}
+    assert COMPILED_PIPELINE.read_text().startswith("# NOT DEPLOYABLE AS IS")
+    assert main(["submit", "--host", HOST, "--dry-run", "--preset", "digits"]) == 2
+    assert "--image" in capsys.readouterr().err
+    assert main(["submit", "--host", HOST, "--dry-run", "--package", str(COMPILED_PIPELINE)]) == 2
+    assert "names the step image by tag" in capsys.readouterr().err
+    allowed = ["--package", str(COMPILED_PIPELINE), "--allow-unpinned-image"]
+    assert main(["submit", "--host", HOST, "--dry-run", *allowed]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == SHA[:12]
+    assert main(["submit", "--host", HOST, "--dry-run", "--image", PINNED, "--wait", "--schedule", "0 3 * * *"]) == 2
+
+
+def test_a_token_command_is_rerun_when_its_token_ages_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    counter = tmp_path / "count"
+    script = tmp_path / "mint.py"
+    script.write_text(
+        "import pathlib, sys\n"
+        f"p = pathlib.Path({str(counter)!r})\n"
+        "n = int(p.read_text()) + 1 if p.exists() else 1\n"
+        "p.write_text(str(n))\n"
+        "print(f'token-{n}')\n"
+    )
+    monkeypatch.setenv(TOKEN_COMMAND_ENV, f"{sys.executable} {script}")
+    credentials = client_arguments(HOST, None)["credentials"]
+    assert isinstance(credentials, CommandTokenCredentials)
+    config = kfp_server_api.Configuration(host=HOST)
+    credentials.refresh_api_key_hook(config)
+    credentials.refresh_api_key_hook(config)  # still fresh: not minted again
+    assert config.api_key["authorization"] == "token-1"
+    credentials.max_age_s = 0  # aged out: every request mints a new one
+    credentials.refresh_api_key_hook(config)
+    assert config.api_key["authorization"] == "token-2"
+    failing = CommandTokenCredentials(f"{sys.executable} -c 'import sys; sys.exit(\"no credentials\")'")
+    with pytest.raises(ConfigError, match="no credentials"):
+        failing.token()
+
+
+class FakeRuns:
+    """kfp.Client.get_run answering a scripted sequence of states."""
+
+    def __init__(self, *states: str) -> None:
+        self.states = list(states)
+
+    def get_run(self, run_id: str) -> V2beta1Run:
+        state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
+        return V2beta1Run(run_id=run_id, state=state)
+
+
+@pytest.mark.parametrize(
+    ("states", "final"),
+    [
+        (("PENDING", "RUNNING", "SUCCEEDED"), "SUCCEEDED"),
+        (("RUNNING", "FAILED"), "FAILED"),
+        (("RUNNING", "CANCELING", "CANCELED"), "CANCELED"),  # kfp's own waiter would wait out its timeout here
+        (("RUNNING",), "TIMED_OUT"),
+    ],
+)
+def test_wait_ends_on_every_final_state(states: tuple[str, ...], final: str) -> None:
+    assert wait_for_run(FakeRuns(*states), "r-1", timeout_s=0.05, poll_s=0.01) == final
+
+
+def test_submit_wait_fails_the_job_when_the_run_fails(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = mock.create_autospec(kfp.Client, instance=True)
+    client.get_pipeline_id.return_value = "p-1"
+    client.list_pipeline_versions.return_value = V2beta1ListPipelineVersionsResponse(
+        pipeline_versions=[V2beta1PipelineVersion(pipeline_version_id="v-1")]
+    )
+    client.create_experiment.return_value = V2beta1Experiment(experiment_id="e-1")
+    client.run_pipeline.return_value = V2beta1Run(run_id="r-9")
+    client.get_run.side_effect = FakeRuns("RUNNING", "FAILED").get_run
+    monkeypatch.setattr(kfp, "Client", lambda **kwargs: client)
+    monkeypatch.setattr("pipeline.submit.time.sleep", lambda seconds: None)
+    argv = ["submit", "--host", HOST, "--preset", "smoke", "--image", PINNED]
+    assert main([*argv, "--wait"]) == 1
+    assert "run r-9 finished: FAILED" in capsys.readouterr().out
+    client.get_run.side_effect = FakeRuns("SUCCEEDED").get_run
+    assert main([*argv, "--wait"]) == 0
+    assert main(argv) == 0  # without --wait: submitted is success

@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     os.environ.setdefault("TQDM_MININTERVAL", "1")
     try:
-        args.handler(args)
+        status = args.handler(args)  # None, or an exit status of its own (e.g. a waited-for run that failed)
     except AutoFTError as error:
         if args.verbose:
             raise
@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILURE
-    return 0
+    return int(status or 0)
 
 
 if __name__ == "__main__":
