@@ -82,7 +82,12 @@ def submit_package(args: argparse.Namespace, config) -> Path:  # config: AutoFTC
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    from components.runtime import refuse_visible_passwords
+
+    from autoft.config import urls_with_passwords
+
     config = config_from_args(args, DEFAULT_PRESET)
+    refuse_visible_passwords(urls_with_passwords(config))  # before any image is resolved or compiled
     if args.wait and args.schedule:
         raise ConfigError("--wait waits for one run; a --schedule starts runs later (drop one of them)")
     package = submit_package(args, config)

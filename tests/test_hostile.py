@@ -114,6 +114,9 @@ def _fill(value: str, ws: dict[str, str]) -> str:
 CONFIG = ["--config", "{config}"]
 DATA = ["--data", "{data}", "--zeroshot", "{zeroshot}"]
 FINETUNE = ["step", "finetune", *CONFIG, *DATA, "--hparams", "autoft={search}"]
+# A dry-run submission of the committed pipeline (no image resolved, nothing compiled into the repo).
+COMPILED = Path(__file__).resolve().parents[1] / "pipeline" / "compiled" / "autoft_pipeline.yaml"
+SUBMIT = ["submit", "--host", "http://127.0.0.1:9", "--dry-run", "--package", str(COMPILED), "--allow-unpinned-image"]
 
 CASES = [
     # --- the config, before anything is read -----------------------------------------------------------
@@ -441,12 +444,7 @@ CASES = [
     Case(
         "password in a --param",
         [
-            "submit",
-            "--host",
-            "http://127.0.0.1:9",
-            "--dry-run",
-            "--preset",
-            "smoke",
+            *SUBMIT,
             "--param",
             f"mlflow_tracking_uri=https://u:{SECRET}@mlflow",
         ],
@@ -472,13 +470,13 @@ CASES = [
     ),
     Case(
         "parameter of the wrong type",
-        ["submit", "--host", "http://127.0.0.1:9", "--dry-run", "--preset", "smoke", "--param", "search_workers=abc"],
+        [*SUBMIT, "--param", "search_workers=abc"],
         2,
         "expected number integer, got 'abc'",
     ),
     Case(
         "unknown parameter",
-        ["submit", "--host", "http://127.0.0.1:9", "--dry-run", "--preset", "smoke", "--param", "serch_workers=4"],
+        [*SUBMIT, "--param", "serch_workers=4"],
         2,
         "is not a pipeline parameter",
     ),

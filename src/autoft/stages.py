@@ -94,10 +94,11 @@ def stage_prepare(config: AutoFTConfig, out_dir: Path) -> PreparedData:
     manifests = {**splits.manifests, "ood_val": "ood_val.json"}
     extra_tests = []
     for eval_set in config.data.eval_sets:
-        from autoft.data.ds_generic import load_eval_set
+        from autoft.data.ds_generic import eval_set_root, load_eval_set
 
         images = load_eval_set(eval_set.kind, eval_set.path, splits.class_names, eval_set.allow_absolute_paths)
-        save_file_split(out_dir, f"extra_{eval_set.name}", images)
+        root = eval_set_root(eval_set.kind, eval_set.path)
+        save_file_split(out_dir, f"extra_{eval_set.name}", images, root=root)
         manifests[eval_set.name] = f"extra_{eval_set.name}.json"
         extra_tests.append(eval_set.name)
     prepared = PreparedData(

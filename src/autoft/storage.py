@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -251,6 +251,59 @@ def _read_stage_manifest(path: Path) -> dict[str, Any]:
     return {}
 
 
+def staging_folder(uri: str) -> Path:
+    """This machine's (this pod's) copy of a gs:// prefix: the same folder for every call on one URI."""
+    return default_cache_dir() / "staged" / _uri_key(str(uri).rstrip("/"))
+
+
+def stage_files(uri_prefix: str, relatives: Sequence[str], progress: bool = True) -> Path:
+    """Download just these objects below a gs:// prefix into its staging folder; returns the folder.
+
+    What a step needs of a large dataset, not all of it: a file already there (staged by this function or
+    by :func:`stage_to_local`) is not fetched again. Each file appears under its final name only when
+    complete (a killed download leaves a temporary name that is never read), so a retried step reuses
+    what the killed one finished. Objects are fetched in parallel threads, in batches the progress bar
+    counts.
+    """
+    uri_prefix = str(uri_prefix).rstrip("/")
+    folder = staging_folder(uri_prefix)
+    wanted = sorted({_safe_relative(r, uri_prefix) for r in relatives})
+    with _folder_lock(folder):
+        missing = [r for r in wanted if not (folder / r).is_file()]
+        if not missing:
+            return folder
+        from google.cloud.storage import transfer_manager
+        from tqdm.auto import tqdm
+
+        bucket, name = _bucket(uri_prefix)
+        prefix = name.rstrip("/") + "/" if name else ""
+        suffix = f".part-{os.getpid()}"
+        with tqdm(total=len(missing), unit="file", desc=f"stage {uri_prefix}", disable=not progress) as bar:
+            batch = max(_transfer_workers() * 4, 1)
+            for start in range(0, len(missing), batch):
+                chunk = missing[start : start + batch]
+                for relative in chunk:
+                    (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+                parts = [str(folder / r) + suffix for r in chunk]
+                try:
+                    with _gcs_errors("download files of", uri_prefix):
+                        transfer_manager.download_many(
+                            [(bucket.blob(prefix + r), part) for r, part in zip(chunk, parts, strict=True)],
+                            download_kwargs={"retry": _retry(), "timeout": REQUEST_TIMEOUT_S},
+                            max_workers=_transfer_workers(),
+                            worker_type=transfer_manager.THREAD,
+                            raise_exception=True,
+                        )
+                except BaseException:
+                    for part in parts:
+                        Path(part).unlink(missing_ok=True)
+                    raise
+                for relative in chunk:
+                    os.replace(str(folder / relative) + suffix, folder / relative)
+                bar.update(len(chunk))
+    return folder
+
+
 def stage_to_local(uri: str | Path, dest: str | Path | None = None, progress: bool = True) -> Path:
     """A local folder holding everything below a gs:// prefix (a local path is returned as is).
 
@@ -260,7 +313,7 @@ def stage_to_local(uri: str | Path, dest: str | Path | None = None, progress: bo
     if not is_gcs(uri):
         return Path(uri)
     uri = str(uri).rstrip("/")
-    folder = Path(dest) if dest is not None else default_cache_dir() / "staged" / _uri_key(uri)
+    folder = Path(dest) if dest is not None else staging_folder(uri)
     objects = list_objects(uri)
     if not objects:
         bucket, name = _bucket(uri)

@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from numpy._core import multiarray
 
-from autoft.data.ds_generic import resolve_root, stratified_holdout
+from autoft.data.ds_generic import stratified_holdout
 from autoft.data.images import NO_GROUP, ArrayImages, LabeledImages
 from autoft.data.manifests import DatasetSplits, save_array_split, write_manifest
 from autoft.data.options import CifarOptions
+from autoft.data.roots import DataRoot, resolve_root
 from autoft.data.templates import templates_for
 from autoft.errors import DataError
 
@@ -187,15 +188,27 @@ def check_npy_pair(images_path: Path, labels_path: Path, what: str) -> int:
 
 
 def save_npy_rows_split(
-    folder: Path, name: str, parts: list[NpyPart], class_names: list[str], group_names: list[str], **fields: Any
+    folder: Path,
+    name: str,
+    parts: list[NpyPart],
+    class_names: list[str],
+    group_names: list[str],
+    root: DataRoot,
+    **fields: Any,
 ) -> Path:
+    """The manifest of rows of the dataset's own .npy files, named relative to its ``root``."""
     images = NpyRowsImages(parts, class_names, group_names)  # validates labels before the manifest exists
+    what = f"split {name!r}"
+    relative = [
+        NpyPart(root.relative(p.images, what), root.relative(p.labels, what), p.start, p.stop, p.group) for p in parts
+    ]
     return write_manifest(
         Path(folder) / f"{name}.json",
         name,
         NPY_ROWS_FORMAT,
         class_names,
-        parts=[vars(p) for p in parts],
+        root=root.uri,
+        parts=[vars(p) for p in relative],
         num_examples=len(images),
         group_names=group_names,
         **fields,
@@ -203,11 +216,15 @@ def save_npy_rows_split(
 
 
 def load_npy_rows_manifest(manifest: dict[str, Any], base: Path) -> LabeledImages:
+    raw_parts = [NpyPart(**raw) for raw in manifest["parts"]]
+    if manifest.get("root"):  # the dataset's files, staged to this pod when the root is on gs://
+        files = sorted({path for part in raw_parts for path in (part.images, part.labels)})
+        local = dict(zip(files, DataRoot.of(manifest["root"]).localize(files), strict=True))
+    else:  # relative to the manifest's folder, like the built-in formats
+        local = {path: str(base / path) for part in raw_parts for path in (part.images, part.labels)}
     parts = []
-    for raw in manifest["parts"]:
-        part = NpyPart(**raw)
-        # Relative paths resolve against the manifest's folder, like the built-in formats.
-        part = NpyPart(str(base / part.images), str(base / part.labels), part.start, part.stop, part.group)
+    for part in raw_parts:
+        part = NpyPart(local[part.images], local[part.labels], part.start, part.stop, part.group)
         for path in (part.images, part.labels):
             if not Path(path).is_file():
                 raise DataError(f"array file {path} named by manifest {manifest['name']!r} is missing")
@@ -268,7 +285,8 @@ def _cifar102(path: Path, class_names: list[str]) -> ArrayImages:
 def build_cifar10(config: AutoFTConfig, out_dir: Path) -> DatasetSplits:
     opts = config.data.options
     assert isinstance(opts, CifarOptions)  # the schema picks the options model by dataset
-    root = resolve_root(config.data.root, "cifar10", HOW_TO_STAGE)
+    data_root = resolve_root(config.data.root, "cifar10", HOW_TO_STAGE)
+    root = data_root.local
     _check_layout(root, opts)
     out_dir = Path(out_dir)
     batches = root / opts.folder("cifar10")
@@ -303,6 +321,7 @@ def build_cifar10(config: AutoFTConfig, out_dir: Path) -> DatasetSplits:
         c_parts,
         class_names,
         list(opts.cifar10c_corruptions),
+        data_root,
         severity=opts.cifar10c_severity,
     )
     for shift in opts.shifts:
@@ -310,7 +329,7 @@ def build_cifar10(config: AutoFTConfig, out_dir: Path) -> DatasetSplits:
         if isinstance(source, ArrayImages):
             save_array_split(out_dir, shift, source)
         else:
-            save_npy_rows_split(out_dir, shift, source, class_names, [])
+            save_npy_rows_split(out_dir, shift, source, class_names, [], data_root)
     manifests = {name: f"{name}.json" for name in ("id_train", "id_val", "id_test", "ood_val_source", *opts.shifts)}
     return DatasetSplits(
         dataset="cifar10",

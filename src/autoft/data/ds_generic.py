@@ -25,6 +25,7 @@ import numpy as np
 
 from autoft.data.images import NO_GROUP, FileImages, check_readable
 from autoft.data.manifests import DatasetSplits, save_file_split
+from autoft.data.roots import DataRoot, resolve_root
 from autoft.data.templates import templates_for
 from autoft.errors import ConfigError, DataError
 from autoft.urls import is_gcs
@@ -43,21 +44,6 @@ CLASSES_FILE = "classes.txt"
 # ----------------------------------------------------------------------------------------------
 # Helpers shared by the file-backed builders.
 # ----------------------------------------------------------------------------------------------
-
-
-def resolve_root(root: str, dataset: str, how_to_stage: str) -> Path:
-    """``data.root`` as a local folder; a gs:// root is staged to local disk first."""
-    if not root:
-        raise ConfigError(f"data.root is empty; the {dataset!r} dataset needs the folder that holds it. {how_to_stage}")
-    if is_gcs(root):
-        # Imported here: storage staging pulls in google-cloud-storage, which local runs never need.
-        from autoft.storage import stage_to_local
-
-        return Path(stage_to_local(root))
-    path = Path(root).expanduser()
-    if not path.is_dir():
-        raise DataError(f"{dataset}: data.root {root!r} is not a folder (looked at {path.absolute()}). {how_to_stage}")
-    return path.resolve()
 
 
 def is_image_file(name: str) -> bool:
@@ -231,6 +217,12 @@ def read_folder_split(folder: Path, class_names: Sequence[str], *, what: str) ->
     return FileImages(paths=paths, labels=labels, class_names=list(class_names))
 
 
+def eval_set_root(kind: str, location: str | Path) -> DataRoot | None:
+    """The root a manifest of this eval set records: a gs:// folder (its images are staged per pod);
+    local eval sets keep their paths, which must be on a volume every step mounts."""
+    return DataRoot.of(str(location)) if kind == "folder" and is_gcs(str(location)) else None
+
+
 def load_eval_set(
     kind: str, path: str | Path, class_names: Sequence[str], allow_outside_paths: bool = False
 ) -> FileImages:
@@ -273,14 +265,19 @@ CSV_HOW_TO = (
 
 
 def _splits_result(
-    dataset: str, out_dir: Path, splits: dict[str, FileImages], ood_tests: list[str], class_names: list[str]
+    dataset: str,
+    out_dir: Path,
+    splits: dict[str, FileImages],
+    ood_tests: list[str],
+    class_names: list[str],
+    root: DataRoot,
 ) -> DatasetSplits:
     clashes = [name for name in ood_tests if name in GENERIC_SPLITS]
     if clashes:
         raise DataError(f"{dataset} dataset: OOD test shifts may not be named {clashes}; rename them")
     manifests = {}
     for name, images in splits.items():
-        save_file_split(out_dir, name, images)
+        save_file_split(out_dir, name, images, root=root)
         manifests[name] = f"{name}.json"
     return DatasetSplits(
         dataset=dataset,
@@ -293,7 +290,8 @@ def _splits_result(
 
 
 def build_folder(config: AutoFTConfig, out_dir: Path) -> DatasetSplits:
-    root = resolve_root(config.data.root, "folder", FOLDER_HOW_TO)
+    data_root = resolve_root(config.data.root, "folder", FOLDER_HOW_TO)
+    root = data_root.local
     missing = [name for name in GENERIC_SPLITS.values() if not (root / name).is_dir()]
     if missing:
         raise DataError(f"folder dataset at {root}: missing split folders {missing}. {FOLDER_HOW_TO}")
@@ -307,7 +305,7 @@ def build_folder(config: AutoFTConfig, out_dir: Path) -> DatasetSplits:
     }
     for shift in shift_dirs:
         splits[shift] = read_folder_split(root / shift, class_names, what=f"folder dataset shift {shift!r}")
-    return _splits_result("folder", out_dir, splits, shift_dirs, class_names)
+    return _splits_result("folder", out_dir, splits, shift_dirs, class_names, data_root)
 
 
 def _csv_class_names(root: Path) -> list[str]:
@@ -329,7 +327,8 @@ def _csv_class_names(root: Path) -> list[str]:
 
 
 def build_csv(config: AutoFTConfig, out_dir: Path) -> DatasetSplits:
-    root = resolve_root(config.data.root, "csv", CSV_HOW_TO)
+    data_root = resolve_root(config.data.root, "csv", CSV_HOW_TO)
+    root = data_root.local
     missing = [f"{name}.csv" for name in GENERIC_SPLITS.values() if not (root / f"{name}.csv").is_file()]
     if missing:
         raise DataError(f"csv dataset at {root}: missing manifests {missing}. {CSV_HOW_TO}")
@@ -341,4 +340,4 @@ def build_csv(config: AutoFTConfig, out_dir: Path) -> DatasetSplits:
     }
     for shift in shift_names:
         splits[shift] = read_csv_split(root / f"{shift}.csv", class_names, what=f"csv dataset shift {shift!r}")
-    return _splits_result("csv", out_dir, splits, shift_names, class_names)
+    return _splits_result("csv", out_dir, splits, shift_names, class_names, data_root)

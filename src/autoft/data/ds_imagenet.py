@@ -27,10 +27,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from autoft.data.ds_generic import class_folders, resolve_root, scan_class_tree, stratified_holdout, subset_files
+from autoft.data.ds_generic import class_folders, scan_class_tree, stratified_holdout, subset_files
 from autoft.data.images import FileImages, LabeledImages
 from autoft.data.manifests import DatasetSplits, load_file_list, save_file_split
 from autoft.data.options import ImagenetOptions
+from autoft.data.roots import DataRoot, resolve_root
 from autoft.data.templates import templates_for
 from autoft.errors import DataError
 
@@ -88,9 +89,11 @@ def load_cropped_manifest(manifest: dict[str, Any], base: Path) -> LabeledImages
     )
 
 
-def save_cropped_split(folder: Path, name: str, images: FileImages, border: int, **fields: Any) -> Path:
+def save_cropped_split(
+    folder: Path, name: str, images: FileImages, border: int, root: DataRoot | None = None, **fields: Any
+) -> Path:
     """A file list in the CSV layout of ``save_file_split``, read back with ``border`` px cropped."""
-    return save_file_split(folder, name, images, fmt=CROPPED_FORMAT, crop_border=border, **fields)
+    return save_file_split(folder, name, images, fmt=CROPPED_FORMAT, root=root, crop_border=border, **fields)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -308,9 +311,14 @@ def _objectnet(folder: Path, num_classes: int) -> tuple[FileImages, list[list[in
 def build_imagenet(config: AutoFTConfig, out_dir: Path) -> DatasetSplits:
     opts = config.data.options
     assert isinstance(opts, ImagenetOptions)  # the schema picks the options model by dataset
-    root = resolve_root(config.data.root, "imagenet", HOW_TO_STAGE)
-    _check_layout(root, opts)
+    data_root = resolve_root(config.data.root, "imagenet", HOW_TO_STAGE)
+    root = data_root.local
     out_dir = Path(out_dir)
+
+    def save(name: str, images: FileImages, **fields: Any) -> None:
+        save_file_split(out_dir, name, images, root=data_root, **fields)
+
+    _check_layout(root, opts)
     wnids = class_folders(root / opts.folder("train"))
     if not wnids:
         raise DataError(f"imagenet: {root / opts.folder('train')} has no class folders (train/<wnid>/<image>)")
@@ -320,11 +328,10 @@ def build_imagenet(config: AutoFTConfig, out_dir: Path) -> DatasetSplits:
     paths, labels = scan_class_tree(root / opts.folder("train"), wnid_index, what="imagenet train")
     train = FileImages(paths=paths, labels=labels, class_names=class_names)
     kept, held_out = stratified_holdout(train.labels, opts.id_val_fraction, opts.split_seed)
-    save_file_split(out_dir, "id_train", subset_files(train, kept))
-    save_file_split(out_dir, "id_val", subset_files(train, held_out), held_out_of="train", split_seed=opts.split_seed)
-    save_file_split(out_dir, "id_test", _val_split(root, root / opts.folder("val"), wnid_index, class_names))
-    save_file_split(
-        out_dir,
+    save("id_train", subset_files(train, kept))
+    save("id_val", subset_files(train, held_out), held_out_of="train", split_seed=opts.split_seed)
+    save("id_test", _val_split(root, root / opts.folder("val"), wnid_index, class_names))
+    save(
         "ood_val_source",
         _imagenet_c(root, opts, wnid_index, class_names),
         corruptions=opts.imagenet_c_corruptions,
@@ -333,17 +340,17 @@ def build_imagenet(config: AutoFTConfig, out_dir: Path) -> DatasetSplits:
     for shift in opts.shifts:
         folder = root / opts.folder(shift)
         if shift == "imagenet_v2":
-            save_file_split(out_dir, shift, _imagenet_v2(folder, wnid_index, class_names))
+            save(shift, _imagenet_v2(folder, wnid_index, class_names))
         elif shift in ("imagenet_r", "imagenet_a"):
             images, indices = _class_subset(folder, shift, wnids, wnid_index, class_names)
             projection = {} if indices is None else {"logit_indices": indices}
-            save_file_split(out_dir, shift, images, **projection)
+            save(shift, images, **projection)
         elif shift == "imagenet_sketch":
             paths, labels = scan_class_tree(folder, wnid_index, what="imagenet_sketch")
-            save_file_split(out_dir, shift, FileImages(paths=paths, labels=labels, class_names=class_names))
+            save(shift, FileImages(paths=paths, labels=labels, class_names=class_names))
         else:
             images, groups = _objectnet(folder, len(wnids))
-            save_cropped_split(out_dir, shift, images, opts.objectnet_border_px, logit_groups=groups)
+            save_cropped_split(out_dir, shift, images, opts.objectnet_border_px, root=data_root, logit_groups=groups)
     manifests = {name: f"{name}.json" for name in ("id_train", "id_val", "id_test", "ood_val_source", *opts.shifts)}
     return DatasetSplits(
         dataset="imagenet",

@@ -3,9 +3,11 @@
 Split mapping (both datasets): WILDS ``train`` -> ``id_train``, ``id_val`` -> ``id_val``, ``id_test`` ->
 ``id_test``, ``val`` (OOD validation) -> ``ood_val_source`` and ``test`` (OOD test) -> ``ood_test``.
 
-Manifests use the ``wilds`` format: dataset name, version, WILDS root folder and split name (plus the
-optional ``indices`` that ``load_split`` applies). Labels and groups come from the WILDS dataset object
-and images are read through its ``get_input``, so our examples are exactly the official ones.
+Manifests use the ``wilds`` format: dataset name, version, the WILDS root as a URI (the folder that
+holds ``<name>_v<version>/``: a gs:// prefix or a mounted folder, never a pod's local staging path) and
+split name (plus the optional ``indices`` that ``load_split`` applies). Labels and groups come from the
+WILDS dataset object and images are read through its ``get_input``, so our examples are exactly the
+official ones. From a gs:// root, a step stages the metadata files and only its split's images.
 
 Groups: FMoW's are its regions (the metadata field WILDS evaluates worst-region accuracy over), with
 WILDS' catch-all region "Other" mapped to NO_GROUP because WILDS leaves it out of ``acc_worst_region``;
@@ -29,9 +31,9 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from autoft.data.ds_generic import resolve_root
 from autoft.data.images import NO_GROUP, LabeledImages, SubsetImages
 from autoft.data.manifests import DatasetSplits, write_manifest
+from autoft.data.roots import DataRoot, resolve_root
 from autoft.data.templates import templates_for
 from autoft.data.wilds_compat import import_wilds
 from autoft.errors import DataError
@@ -211,13 +213,29 @@ def split_images(dataset: Any, name: str, root_dir: str | Path, split: str, clas
     return WildsImages(name, str(root_dir), split, indices, labels, groups, class_names, group_names)
 
 
+def image_relatives(dataset: Any, name: str, indices: np.ndarray) -> list[str]:
+    """Where each example's image lives below the WILDS root (what ``get_input`` opens)."""
+    folder = SPECS[name].folder
+    if name == "iwildcam":
+        return [f"{folder}/train/{dataset._input_array[int(i)]}" for i in indices]
+    return [f"{folder}/images/rgb_img_{int(dataset.full_idxs[int(i)])}.png" for i in indices]
+
+
 def load_wilds_manifest(manifest: dict[str, Any], base: Path) -> LabeledImages:
-    del base  # WILDS roots are stored absolute: the data stays where it was staged
+    del base  # the WILDS root is a URI of its own: data stays in its bucket or volume
     name = manifest.get("dataset")
     if name not in SPECS:
         raise DataError(f"manifest {manifest.get('name')!r}: unknown WILDS dataset {name!r}; known: {sorted(SPECS)}")
-    dataset = open_wilds_dataset(name, manifest["root"])
-    return split_images(dataset, name, manifest["root"], manifest["split"], manifest["class_names"])
+    spec = SPECS[name]
+    root = DataRoot.of(manifest["root"])
+    if root.remote:
+        root.localize([f"{spec.folder}/{file}" for file in (spec.release_file, *spec.metadata_files)])
+    dataset = open_wilds_dataset(name, root.local)
+    images = split_images(dataset, name, root.local, manifest["split"], manifest["class_names"])
+    if root.remote:  # this split's images only (or the subset load_split will take), fetched in parallel
+        wanted = images.dataset_indices[np.asarray(manifest.get("indices", np.arange(len(images))), dtype=np.int64)]
+        root.localize(image_relatives(dataset, name, wanted), progress=len(wanted) > 1000)
+    return images
 
 
 # ----------------------------------------------------------------------------------------------
@@ -275,7 +293,10 @@ def _check_images(images: WildsImages) -> None:
 
 def build_wilds(name: str, config: AutoFTConfig, out_dir: Path) -> DatasetSplits:
     spec = SPECS[name]
-    root_dir = wilds_root_dir(resolve_root(config.data.root, name, how_to_stage(spec)), spec)
+    data_root = resolve_root(config.data.root, name, how_to_stage(spec))
+    root_dir = wilds_root_dir(data_root.local, spec)
+    # The URI of root_dir: data.root itself, or its parent when it names the <name>_v<version> folder.
+    root_uri = data_root.uri if root_dir == data_root.local else data_root.uri.rstrip("/").rsplit("/", 1)[0]
     dataset = open_wilds_dataset(name, root_dir)
     if name == "iwildcam":
         class_names = iwildcam_class_names(root_dir / spec.folder, int(dataset.n_classes))
@@ -292,7 +313,7 @@ def build_wilds(name: str, config: AutoFTConfig, out_dir: Path) -> DatasetSplits
             class_names,
             dataset=name,
             version=spec.version,
-            root=str(root_dir),
+            root=root_uri,
             split=theirs,
             num_examples=len(images),
             group_names=images.group_names,
@@ -305,7 +326,7 @@ def build_wilds(name: str, config: AutoFTConfig, out_dir: Path) -> DatasetSplits
         manifests=manifests,
         ood_val_set="wilds_val",
         ood_tests=[OOD_TEST],
-        extra={"wilds_version": spec.version, "wilds_root": str(root_dir), "official_metric": spec.official_metric},
+        extra={"wilds_version": spec.version, "wilds_root": root_uri, "official_metric": spec.official_metric},
     )
 
 

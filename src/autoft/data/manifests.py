@@ -1,9 +1,11 @@
 """Split manifests: the small JSON files that name a split's images, which pipeline steps pass around.
 
 A manifest holds a format name, the class names and what that format needs to find the examples
-(an array file, a CSV file list, a WILDS split, ...). Relative locations resolve against the
-manifest's own folder, so a prepared-data folder can move (to another pod, as a KFP artifact)
-without breaking. Two formats are built in (``npz`` arrays and ``files`` lists); dataset modules
+(an array file, a CSV file list, a WILDS split, ...). Files the prepare step wrote (arrays, file
+lists) are named relative to the manifest's own folder, so a prepared-data folder can move (to
+another pod, as a KFP artifact) without breaking; the dataset's own images are named relative to
+its ``root`` (a gs:// prefix or a mounted folder; :mod:`autoft.data.roots`), never by a path that
+only the preparing machine has. Two formats are built in (``npz`` arrays and ``files`` lists); dataset modules
 define the others, found through :mod:`autoft.data.registry`.
 """
 
@@ -22,6 +24,7 @@ import torch
 from autoft.atomic import atomic_path, atomic_write_text
 from autoft.data.images import NO_GROUP, ArrayImages, FileImages, LabeledImages
 from autoft.data.registry import get_format_loader
+from autoft.data.roots import DataRoot
 from autoft.errors import DataError
 
 SPLIT_SCHEMA = "autoft.split/v1"
@@ -110,14 +113,22 @@ def load_npz(manifest: dict[str, Any], base: Path) -> LabeledImages:
         )
 
 
-def save_file_split(folder: Path, name: str, split: FileImages, fmt: str = "files", **fields: Any) -> Path:
-    """Store a file-backed split as a CSV (path,label,group) plus its JSON manifest (format ``fmt``)."""
+def save_file_split(
+    folder: Path, name: str, split: FileImages, fmt: str = "files", root: DataRoot | None = None, **fields: Any
+) -> Path:
+    """Store a file-backed split as a CSV (path,label,group) plus its JSON manifest (format ``fmt``).
+
+    With ``root``, paths are recorded relative to it and the manifest records ``root.uri``.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    paths = [root.relative(path, f"split {name!r}") for path in split.paths] if root else list(split.paths)
+    if root:
+        fields["root"] = root.uri
     with atomic_path(folder / f"{name}.csv") as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "label", "group"])
-        writer.writerows(zip(split.paths, split.labels.tolist(), split.groups.tolist(), strict=True))
+        writer.writerows(zip(paths, split.labels.tolist(), split.groups.tolist(), strict=True))
     return write_manifest(
         folder / f"{name}.json",
         name,
@@ -136,8 +147,15 @@ def load_file_list(manifest: dict[str, Any], base: Path) -> FileImages:
         raise DataError(f"file list {path} named by manifest {manifest['name']!r} is missing")
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
+    paths = [row["path"] for row in rows]
+    if manifest.get("root"):
+        root = DataRoot.of(manifest["root"])
+        # Fetch only what will be read: a subset manifest (the OOD-val draw) names its rows by index.
+        wanted = [paths[i] for i in manifest["indices"]] if "indices" in manifest else paths
+        root.localize(wanted, progress=len(wanted) > 1000)
+        paths = [str(root.local / path) for path in paths]
     return FileImages(
-        paths=[row["path"] for row in rows],
+        paths=paths,
         labels=np.array([int(row["label"]) for row in rows], dtype=np.int64),
         groups=np.array([int(row.get("group") or NO_GROUP) for row in rows], dtype=np.int64),
         class_names=manifest["class_names"],
