@@ -30,9 +30,11 @@ import inspect
 import json
 import math
 import os
+import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -164,17 +166,44 @@ def image_code_drift(client: docker.DockerClient, image: str, limit: int = 5) ->
     return differing[:limit] + ([f"... {len(differing) - limit} more"] if len(differing) > limit else [])
 
 
+class KillOnLogLine:
+    """Preemption on cue: the first container whose log matches ``pattern`` gets SIGKILL ``delay_s`` later,
+    as a node lost mid-step would; kfp.local's retry policy then starts the step again."""
+
+    def __init__(self, pattern: str, delay_s: float = 1.0) -> None:
+        self.pattern = re.compile(pattern)
+        self.delay_s = delay_s
+        self.killed: list[str] = []  # container ids
+        self.matched_line = ""
+        self._lock = threading.Lock()
+
+    def __call__(self, container: Any, line: str) -> None:
+        with self._lock:
+            if self.killed or not self.pattern.search(line):
+                return
+            self.killed.append(container.id)
+            self.matched_line = line.strip()
+        timer = threading.Timer(self.delay_s, container.kill)  # SIGKILL: no handler, no clean-up runs
+        timer.daemon = True
+        timer.start()
+
+
 class ExitCodeGuard:
     """While active, kfp.local's Docker steps report their containers' real exit codes.
 
     It replaces ``kfp.local.docker_task_handler.run_docker_container`` (looked up by name at each call)
     with :meth:`run_container`, which keeps the container until ``wait()`` has returned its exit code;
     the container is removed afterwards in any case, a running one included (Ctrl-C). Every container
-    is recorded in :attr:`containers`. It also refuses to pull: an image must be built locally.
+    is recorded in :attr:`containers`. A tagged image must be built locally (it is never pulled); an image
+    named by digest is pulled from its registry once, as a node would (``pull_digests``). ``on_line`` sees
+    every log line of every container (e.g. :class:`KillOnLogLine`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, pull_digests: bool = False, on_line: Callable[[Any, str], None] | None = None) -> None:
         self.containers: list[ContainerRecord] = []
+        self.pulled: dict[str, str] = {}  # digest reference -> local image id
+        self.pull_digests = pull_digests
+        self.on_line = on_line
         self._lock = threading.Lock()
         self._original: Any = None
 
@@ -198,10 +227,18 @@ class ExitCodeGuard:
 
         docker_task_handler.run_docker_container = self._original
 
+    def _ensure_image(self, client: docker.DockerClient, image: str) -> None:
+        if not (self.pull_digests and "@sha256:" in image):
+            require_local_image(client, image)
+            return
+        with self._lock:
+            if image not in self.pulled:
+                self.pulled[image] = client.images.pull(image).id
+
     def run_container(
         self, client: docker.DockerClient, image: str, command: list[str], volumes: dict[str, Any], **run_args: Any
     ) -> int:
-        require_local_image(client, image)
+        self._ensure_image(client, image)
         for name in GUARD_OWNED_ARGS:
             run_args.pop(name, None)
         start = time.perf_counter()
@@ -213,10 +250,15 @@ class ExitCodeGuard:
         try:
             # print, not sys.stdout: kfp.local swaps builtins.print per task to indent and attribute the lines.
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            pending = ""
             for chunk in container.logs(stream=True, follow=True):
                 text = decoder.decode(chunk)
                 if text:
                     print(text, end="")
+                    if self.on_line is not None:
+                        *lines, pending = (pending + text).replace("\r", "\n").split("\n")
+                        for line in lines:
+                            self.on_line(container, line)
             exit_code = int(container.wait()["StatusCode"])
         finally:
             container.remove(force=True)

@@ -175,6 +175,16 @@ def local_arguments(config: AutoFTConfig, run_dir: Path, search_workers: int) ->
     return arguments, env
 
 
+def _results_artifact(pipeline_root: Path, log_path: Path) -> Results:
+    """results.json as the report step's output artifact (``<root>/<run>/report/results``), copied here."""
+    found = sorted(path for path in pipeline_root.rglob("results") if path.parent.name == "report" and path.is_file())
+    if len(found) != 1:
+        raise PipelineRunError(f"expected one report/results artifact under {pipeline_root}, found {found}; {log_path}")
+    results = Results.load(found[0])
+    results.save(pipeline_root.parent.parent / "results.json")
+    return results
+
+
 def run_with_kfp_local(
     config: AutoFTConfig,
     run_dir: Path,
@@ -184,11 +194,16 @@ def run_with_kfp_local(
     echo: bool = True,
     runner: local.SubprocessRunner | local.DockerRunner | None = None,
     retries: bool = False,
+    step_image: str | None = None,
+    shared_run_folder: bool = True,
 ) -> Results:
     """Run the whole pipeline through kfp.local into ``run_dir``; returns the results (results.json).
 
     ``retries`` keeps the cluster's retry policies (kfp.local honours them); off by default, so a failing
-    step on one machine fails the run at once instead of repeating after a back-off.
+    step on one machine fails the run at once instead of repeating after a back-off. ``step_image`` is the
+    image the tasks name (DockerRunner runs it). ``shared_run_folder=False`` runs as a cluster does: no
+    ``output_dir`` for the steps (the study and MLflow must then be servers), results.json read from the
+    report step's output artifact.
 
     ``parameters`` sets other pipeline parameters (e.g. ``gate_min_gain``); the config, the folders and
     the study/MLflow locations are derived from ``config`` and ``run_dir``. ``runner`` defaults to
@@ -197,7 +212,7 @@ def run_with_kfp_local(
     if search_workers < 1:
         raise ValueError(f"search_workers must be >= 1, got {search_workers}")
     run_dir = Path(run_dir).resolve()
-    settings = ClusterSettings(search_parallelism=search_workers)
+    settings = ClusterSettings(search_parallelism=search_workers, **({"step_image": step_image} if step_image else {}))
     pipeline = build_pipeline(config, settings if retries else settings.without_retries())
     arguments, env = local_arguments(config, run_dir, search_workers)
     extra = dict(parameters or {})
@@ -207,6 +222,8 @@ def run_with_kfp_local(
         allowed = sorted(declared - {"config_yaml", "output_dir"})
         raise ValueError(f"pipeline parameters {refused} cannot be set here; allowed: {allowed}")
     arguments.update(extra)
+    if not shared_run_folder:
+        arguments["output_dir"] = ""
 
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("results.json", "pipeline_status.json"):
@@ -238,6 +255,8 @@ def run_with_kfp_local(
                 failure = error
     if failure is not None:
         raise PipelineRunError(capture.failure_report(str(failure), log_path)) from failure
+    if not shared_run_folder:
+        return _results_artifact(pipeline_root, log_path)
     status_path = run_dir / "pipeline_status.json"
     status = json.loads(status_path.read_text()) if status_path.is_file() else {}
     if status.get("state") != "SUCCEEDED":

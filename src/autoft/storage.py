@@ -365,14 +365,17 @@ def stage_to_local(uri: str | Path, dest: str | Path | None = None, progress: bo
     return folder
 
 
-def upload_folder(local_dir: str | Path, uri_prefix: str) -> list[str]:
-    """Upload every file below ``local_dir`` to ``uri_prefix/<relative path>`` in parallel; returns the URIs."""
+def upload_folder(local_dir: str | Path, uri_prefix: str, relatives: Sequence[str] | None = None) -> list[str]:
+    """Upload every file below ``local_dir`` (or just ``relatives``) to ``uri_prefix/<relative path>`` in
+    parallel; returns the URIs."""
     from google.cloud.storage import transfer_manager
 
     root = Path(local_dir)
     if not root.is_dir():
         raise StorageNotFound(f"cannot upload {root}: no such folder")
-    relatives = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    if relatives is None:
+        relatives = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    relatives = [_safe_relative(relative, str(root)) for relative in relatives]
     bucket, name = _bucket(uri_prefix)
     prefix = name.rstrip("/") + "/" if name else ""
     with _gcs_errors("upload to", uri_prefix):
@@ -387,3 +390,30 @@ def upload_folder(local_dir: str | Path, uri_prefix: str) -> list[str]:
             raise_exception=True,
         )
     return [f"gs://{bucket.name}/{prefix}{relative}" for relative in relatives]
+
+
+def read_text(uri: str) -> str | None:
+    """The text of one small gs:// object, or None when there is no such object."""
+    bucket, name = _bucket(uri)
+    with _gcs_errors("read", uri, METADATA_DEADLINE_S):
+        blob = bucket.get_blob(name, retry=_retry(METADATA_DEADLINE_S), timeout=REQUEST_TIMEOUT_S)
+        if blob is None:
+            return None
+        return blob.download_as_text(retry=_retry(), timeout=REQUEST_TIMEOUT_S)
+
+
+def write_text(uri: str, text: str) -> None:
+    """Write one small gs:// object; readers see the old or the new content, never a mix."""
+    bucket, name = _bucket(uri)
+    with _gcs_errors("write", uri):
+        bucket.blob(name).upload_from_string(text, retry=_retry(), timeout=REQUEST_TIMEOUT_S)
+
+
+def delete_prefix(uri_prefix: str) -> int:
+    """Delete every object below a gs:// prefix; returns how many."""
+    objects = list_objects(uri_prefix)
+    bucket, _ = _bucket(uri_prefix)
+    with _gcs_errors("delete below", uri_prefix):
+        for remote in objects:
+            bucket.blob(remote.name).delete(retry=_retry(), timeout=REQUEST_TIMEOUT_S)
+    return len(objects)
