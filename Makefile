@@ -209,7 +209,7 @@ clean-cluster:  ## remove the lint tools venv and the lint/image build folders (
 # AUTOFT_REQUIRE_DOCKER=1 turns the tests' "no engine/image" skips into failures: asked for, they must run.
 E2E_IMAGE_BUILD ?= images-offline
 
-.PHONY: e2e-docker
+.PHONY: e2e-docker e2e-cluster
 
 e2e-docker: setup docker-engine  ## smoke preset, every step in autoft-step:IMAGE_TAG via kfp.local DockerRunner; failing steps must fail
 	$(if $(E2E_IMAGE_BUILD),$(MAKE) $(E2E_IMAGE_BUILD) IMAGES=step)
@@ -217,3 +217,19 @@ e2e-docker: setup docker-engine  ## smoke preset, every step in autoft-step:IMAG
 	AUTOFT_REQUIRE_DOCKER=1 HF_HUB_OFFLINE=1 AUTOFT_STEP_IMAGE=autoft-step:$(IMAGE_TAG) \
 	  $(BIN)/python -m pytest -m docker --durations=0 tests/test_docker_e2e.py $(ARGS) \
 	&& echo ">> e2e-docker passed in $$(( $$(date +%s) - start )) s"
+
+# ---- e2e as a cluster runs it (pipeline/cluster_e2e.py, tests/test_e2e_cluster.py) ----
+# The step image pushed to a registry on loopback and pulled by digest; every step in its own container as
+# the image's user, no shared folder or cache; data and model on gs:// (fake-gcs-server), Optuna on
+# PostgreSQL with 2 workers, a real mlflow server; one fine-tune killed mid-run and resumed by its retry.
+E2E_REGISTRY_PORT ?= 5000
+E2E_POSTGRES_URL ?= $(or $(AUTOFT_TEST_POSTGRES_URL),postgresql://postgres@127.0.0.1:5432/test)
+
+e2e-cluster: setup docker-engine  ## the smoke preset as on a cluster: image by digest, gs://, PostgreSQL, MLflow server, a killed step resumed
+	$(if $(E2E_IMAGE_BUILD),$(MAKE) $(E2E_IMAGE_BUILD) IMAGES=step)
+	@set -euo pipefail; start=$$(date +%s); \
+	registry=$$(images/local-registry.sh $(E2E_REGISTRY_PORT)); \
+	AUTOFT_REQUIRE_DOCKER=1 HF_HUB_OFFLINE=1 AUTOFT_E2E_REGISTRY=$$registry AUTOFT_E2E_LOCAL_IMAGE=autoft-step:$(GIT_SHA) \
+	  AUTOFT_TEST_POSTGRES_URL=$(E2E_POSTGRES_URL) \
+	  $(BIN)/python -m pytest -m docker -s --durations=0 tests/test_e2e_cluster.py $(ARGS); \
+	echo ">> e2e-cluster passed in $$(( $$(date +%s) - start )) s"

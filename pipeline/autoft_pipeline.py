@@ -74,6 +74,7 @@ def build_pipeline(config: AutoFTConfig, settings: ClusterSettings | None = None
         gate_min_gain: float = 0.0,
         registered_model: str = "",
         output_dir: str = "",
+        checkpoint_root: str = "",
     ):
         """AutoFT on Kubeflow: search, fine-tune, evaluate on every shift, report, and register a winner.
 
@@ -99,6 +100,10 @@ def build_pipeline(config: AutoFTConfig, settings: ClusterSettings | None = None
                 the config.
             output_dir: Optional local or mounted folder that also receives results.json, report.md, report.html,
                 plots and pipeline_status.json. kfp.local runs set it to the run folder.
+            checkpoint_root: Durable storage for fine-tuning checkpoints, e.g. gs://BUCKET/autoft-checkpoints: each
+                epoch is saved under <root>/<run id>/<method>, so a retried or preempted fine-tune resumes from its
+                last epoch. Empty uses AUTOFT_CHECKPOINT_ROOT from the ConfigMap autoft-pipeline-config, then
+                output_dir/checkpoints; with neither, a retry starts from epoch 0.
         """
         common = {"config_yaml": config_yaml, "config_overrides": config_overrides, "methods": methods}
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
@@ -160,6 +165,7 @@ def build_pipeline(config: AutoFTConfig, settings: ClusterSettings | None = None
                     prepared=prepared,
                     zeroshot=zeroshot,
                     hparams=best[hparams_source(method)].outputs["best_hparams"],
+                    checkpoint_root=checkpoint_root,
                 )
                 with_mlflow(step(tuned[method], f"fine-tune: {method}", settings.finetune, settings))
                 gpu_task(tuned[method], settings, settings.finetune)

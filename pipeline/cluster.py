@@ -25,7 +25,10 @@ MLFLOW_SECRET_KEYS = {
 }
 # manifests/base/pipeline/kustomization.yaml: where MLflow is.
 PIPELINE_CONFIG_MAP = "autoft-pipeline-config"
-PIPELINE_CONFIG_KEYS = {key: key for key in ("MLFLOW_TRACKING_URI", "AUTOFT_OPTUNA_DASHBOARD_URL", "AUTOFT_KFP_UI_URL")}
+PIPELINE_CONFIG_KEYS = {
+    key: key
+    for key in ("MLFLOW_TRACKING_URI", "AUTOFT_OPTUNA_DASHBOARD_URL", "AUTOFT_KFP_UI_URL", "AUTOFT_CHECKPOINT_ROOT")
+}
 # GCS outside GKE's Workload Identity: a service-account key file. google-auth reads a FILE named by
 # GOOGLE_APPLICATION_CREDENTIALS, so the key is mounted and the variable (also in the secret) points at it.
 # Both are optional: without the secret the pod uses Workload Identity / the node's default credentials.

@@ -15,6 +15,7 @@ def finetune(
     run_id: str,
     mlflow_tracking_uri: str,
     output_dir: str,
+    checkpoint_root: str,
     prepared: Input[Dataset],
     zeroshot: Input[Model],
     hparams: Input[Artifact],
@@ -36,6 +37,8 @@ def finetune(
         run_id: The KFP run id (finds the run's MLflow tree).
         mlflow_tracking_uri: MLflow tracking URI; empty uses the config, then MLFLOW_TRACKING_URI.
         output_dir: Optional local or mounted folder of the run (SQLite tracking lives there locally).
+        checkpoint_root: Durable storage for the epoch checkpoints (a gs:// prefix); empty uses
+            AUTOFT_CHECKPOINT_ROOT, then output_dir/checkpoints. A retry resumes from the last saved epoch.
         prepared: The prepare_data output (ID train and ID val).
         zeroshot: The zero-shot model fine-tuning starts from.
         hparams: The select_best output of the method's own search or, for a control such as autoft_ce, of
