@@ -119,6 +119,9 @@ def cmd_select_best(args: argparse.Namespace) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
+    from autoft.distributed import resolve_nproc
+
+    nproc = resolve_nproc(args.nproc)  # a bad value fails before any compute
     config = config_from_args(args)
     config.check_method(args.method, purpose="finetune")
     search_results = parse_assignments(args.hparams, "--hparams", "autoft=run/search/autoft.json")
@@ -132,7 +135,14 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     hparams = finetune_hparams(args.method, {k: Path(v) for k, v in search_results.items()})
     finished = args.resume and (Path(args.out) / "finetune.json").is_file()
     summary = stage_finetune(
-        config, Path(args.data), Path(args.zeroshot), args.method, hparams, Path(args.out), resume=args.resume
+        config,
+        Path(args.data),
+        Path(args.zeroshot),
+        args.method,
+        hparams,
+        Path(args.out),
+        resume=args.resume,
+        nproc=nproc,
     )
     if finished:
         print(f"fine-tuning {args.method} had already finished in {args.out}: nothing to resume")
@@ -305,6 +315,11 @@ def _add_stage_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="output folder (model/, wiseft/, train/, finetune.json)")
     p.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint in --out")
+    p.add_argument(
+        "--nproc",
+        default="1",
+        help="processes on this node (torchrun + DDP): a number, or 'auto' = one per visible GPU (default 1)",
+    )
 
     p = add("evaluate", cmd_evaluate, "evaluate saved models on one eval set (or any image folder / CSV)")
     p.add_argument("--data", default="", help="prepared-data folder (for --eval-set)")
