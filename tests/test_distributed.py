@@ -33,6 +33,20 @@ REPO = Path(__file__).resolve().parents[1]
 HPARAMS = Hyperparams({"ce": 1.0, "hinge": 0.2, "flyp": 0.5, "l2init": 1.0}, lr=1e-3, weight_decay=0.1)
 
 
+class Recorder:
+    """A TrainingObserver that keeps every call."""
+
+    def __init__(self) -> None:
+        self.steps: dict[int, dict[str, float]] = {}
+        self.epochs: dict[int, dict[str, float]] = {}
+
+    def on_step(self, step: int, values) -> None:
+        self.steps[step] = dict(values)
+
+    def on_epoch(self, epoch: int, values) -> None:
+        self.epochs[epoch] = dict(values)
+
+
 def _config():
     return tiny_pipeline_config(
         "ddp-test",
@@ -87,7 +101,10 @@ def test_two_processes_match_one_and_a_killed_run_resumes(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        single = stage_finetune(config, data, zeroshot, "autoft", HPARAMS, tmp_path / "single", progress=False)
+        single_curves = Recorder()
+        single = stage_finetune(
+            config, data, zeroshot, "autoft", HPARAMS, tmp_path / "single", progress=False, observer=single_curves
+        )
         deadline = time.monotonic() + 120
         while not state_file.exists() and victim.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
@@ -103,11 +120,18 @@ def test_two_processes_match_one_and_a_killed_run_resumes(
     assert not (ddp_dir / FinetuneSummary.FILE).exists()
 
     capfd.readouterr()
-    resumed = stage_finetune(config, data, zeroshot, "autoft", HPARAMS, ddp_dir, resume=True, nproc=2)
+    curves = Recorder()
+    resumed = stage_finetune(config, data, zeroshot, "autoft", HPARAMS, ddp_dir, resume=True, nproc=2, observer=curves)
     printed = capfd.readouterr().out
     assert "epoch 1:" not in printed and "epoch 2:" in printed  # it resumed: it did not start over
 
     assert single.processes == 1 and resumed.processes == 2
+    # The ranks' observer calls reach the launcher's observer: the resumed epoch's steps and the epoch itself.
+    assert list(curves.epochs) == [1] and list(single_curves.epochs) == [0, 1]
+    assert curves.epochs[1] == pytest.approx(single_curves.epochs[1], rel=1e-3, abs=1e-6)
+    resumed_steps = [step for step in single_curves.steps if step > len(single_curves.steps) // 2]
+    assert sorted(curves.steps) == resumed_steps
+    assert [curves.steps[k]["lr"] for k in resumed_steps] == [single_curves.steps[k]["lr"] for k in resumed_steps]
     assert [r.id_val for r in resumed.history] == [r.id_val for r in single.history]  # sharded ID-val
     for ours, theirs in zip(resumed.history, single.history, strict=True):
         assert ours.train_loss == pytest.approx(theirs.train_loss, rel=1e-4)

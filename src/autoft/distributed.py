@@ -13,7 +13,9 @@ applies the one-process gradient, up to float summation order.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -110,6 +112,7 @@ class Dist:
 
 
 SINGLE = Dist()
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def available_cpus() -> int:
@@ -141,6 +144,23 @@ def distributed(device_type: str) -> Iterator[Dist]:
         yield Dist(rank, world_size, local_rank, dist.new_group(backend=backend))
     finally:
         dist.destroy_process_group()
+
+
+def die_with_parent() -> None:
+    """Make this process die when its parent (torchrun) does; Linux only.
+
+    torchrun starts each rank in a session of its own, so killing the step's process group (a SIGKILL, a
+    node agent) would leave the ranks training on, writing into the same checkpoint folder as the run
+    that resumes it.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        return  # not allowed here (a sandbox): the rank then only dies with its session
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
 
 
 def resolve_nproc(setting: int | str) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 from autoft.config import validate_config
 from autoft.contracts import FinetuneJob
 from autoft.curve_file import CURVES_FILE, CurveFile
+from autoft.distributed import die_with_parent
 from autoft.stages import stage_finetune
 
 
@@ -21,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m autoft.finetune_worker JOB_FILE (started by torchrun)", file=sys.stderr)
         return 2
+    die_with_parent()
     job = FinetuneJob.load(args[0])
     stage_finetune(
         validate_config(job.config),
