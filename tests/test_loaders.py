@@ -3,6 +3,10 @@ RandomResizedCrop's family, and batches depend on the seed only (not on memory, 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -177,3 +181,30 @@ def test_auto_workers_leave_a_core_to_the_training_process(monkeypatch: pytest.M
     assert resolve_workers(3) == 3
     monkeypatch.setattr(loaders, "available_cpus", lambda: 1)
     assert resolve_workers("auto") == 0
+
+
+def test_a_consumer_that_stops_early_leaves_no_thread_behind() -> None:
+    source = ImageBatches(_arrays(40, 32), train_transform(SPEC))
+    batches = epoch_batches(source, 8, seed=0)
+    next(batches)
+    batches.close()
+    assert not [thread for thread in threading.enumerate() if thread.name == "autoft-batches"]
+
+
+def test_a_stream_left_open_at_exit_does_not_abort_the_interpreter() -> None:
+    # A thread inside a torch op while the interpreter shuts down aborts the process ("terminate called
+    # without an active exception"): a search worker's batch stream is still prefetching when it exits.
+    script = (
+        "import numpy as np\n"
+        "from autoft.data.images import ArrayImages\n"
+        "from autoft.data.loaders import BatchStream, ImageBatches\n"
+        "from autoft.data.transforms import train_transform\n"
+        "from autoft.models.factory import ImageSpec\n"
+        "spec = ImageSpec(224, (0.5, 0.5, 0.5), (0.2, 0.2, 0.2))\n"
+        "images = np.random.default_rng(0).integers(0, 255, (256, 224, 224, 3), dtype=np.uint8)\n"
+        "split = ArrayImages(images=images, labels=np.arange(256) % 3, class_names=['a', 'b', 'c'])\n"
+        "BatchStream(ImageBatches(split, train_transform(spec)), 128, seed=0).next()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0 and "terminate" not in result.stderr, result.stderr
