@@ -28,7 +28,7 @@ from autoft.config import (
     parse_assignments,
     resolve_config,
 )
-from autoft.errors import AutoFTError, ConfigError
+from autoft.errors import AutoFTError, ConfigError, caused_by_interrupt
 
 EXIT_FAILURE = 1
 EXIT_USER_ERROR = 2
@@ -394,6 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupted() -> int:
+    print("interrupted: every file written so far is complete; run the command again to continue", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -414,10 +419,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.verbose:
             raise
-        print("interrupted: every file written so far is complete; run the command again to continue", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except OSError as error:
-        if args.verbose or error.errno not in DISK_ERRORS:
+        return _interrupted()
+    except Exception as error:
+        if not args.verbose and caused_by_interrupt(error):  # Ctrl-C that landed in a library's cleanup
+            return _interrupted()
+        if args.verbose or not isinstance(error, OSError) or error.errno not in DISK_ERRORS:
             raise
         where = f" {error.filename}" if error.filename else ""
         print(
