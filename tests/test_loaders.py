@@ -208,3 +208,15 @@ def test_a_stream_left_open_at_exit_does_not_abort_the_interpreter() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0 and "terminate" not in result.stderr, result.stderr
+
+
+def test_workers_stream_the_same_batches_epoch_after_epoch(tmp_path: Path) -> None:
+    # The path of splits over the budget (ImageNet's train split): file decoding in persistent workers,
+    # the same DataLoader reused each epoch with that epoch's plan.
+    images = _files(tmp_path, [(40, 30), (32, 32), (20, 50), (64, 48), (31, 33), (36, 36), (50, 40), (33, 45)])
+    memory = ImageBatches(images, train_transform(SPEC))
+    workers = ImageBatches(images, train_transform(SPEC), InputSettings(memory_budget_mb=0, num_workers=1))
+    assert memory.in_memory and not workers.in_memory
+    for epoch in range(2):
+        for a, b in zip(epoch_batches(memory, 4, seed=epoch), epoch_batches(workers, 4, seed=epoch), strict=True):
+            assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
