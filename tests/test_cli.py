@@ -125,4 +125,6 @@ def test_bench_runs_a_benchmark_script_and_passes_its_exit_code() -> None:
     assert rejected.returncode == 2 and "unrecognized arguments: --no-such-option" in rejected.stderr
     unknown = run_cli("bench", "nope")
     assert unknown.returncode == EXIT_USER_ERROR
-    assert "unknown benchmark 'nope'; choose one of ['loss_terms', 'robustness']" in unknown.stderr
+    shipped = sorted(path.stem for path in (REPO / "bench").glob("*.py"))
+    assert {"loss_terms", "robustness", "engine"} <= set(shipped)
+    assert f"unknown benchmark 'nope'; choose one of {shipped}" in unknown.stderr

@@ -560,6 +560,29 @@ def test_ctrl_c_ends_with_one_line_and_130_and_marks_the_run(ws: dict[str, str],
     assert not [p for p in run_dir.rglob(".*.tmp")], "no temporary file left behind"
 
 
+def _interrupted_in_a_cleanup(*_: object) -> None:
+    """Ctrl-C landing inside a library's cleanup, as when it hits Optuna's journal lock release."""
+    try:
+        raise KeyboardInterrupt
+    finally:
+        raise FileNotFoundError(2, "No such file or directory", "study.journal.lock.rename")
+
+
+def test_ctrl_c_inside_a_library_cleanup_is_still_ctrl_c(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import autoft.cli as cli
+    from autoft.runner import RUN_STATUS_FILE, run_status
+
+    monkeypatch.setattr(cli, "cmd_config_show", _interrupted_in_a_cleanup)
+    assert main(["config", "show"]) == EXIT_INTERRUPTED
+    err = capsys.readouterr().err
+    assert err.startswith("interrupted") and "Traceback" not in err
+    with pytest.raises(FileNotFoundError), run_status(tmp_path):
+        _interrupted_in_a_cleanup()
+    assert json.loads((tmp_path / RUN_STATUS_FILE).read_text())["state"] == "interrupted"
+
+
 @pytest.fixture
 def small_mount(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
     """Mount a tiny tmpfs (root only): ``mount("size=200k")`` or ``mount("ro")``."""

@@ -10,7 +10,8 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from autoft.data.images import NO_GROUP, ArrayImages, TransformedImages
+from autoft.data.images import NO_GROUP, ArrayImages
+from autoft.data.transforms import torchvision_eval_transform
 from autoft.evaluate import (
     Predictions,
     accuracy,
@@ -112,7 +113,8 @@ def test_predict_returns_the_models_logits_in_eval_mode(
     assert pred.logits.shape == (10, 3) and pred.logits.dtype == np.float32
     np.testing.assert_array_equal(pred.labels, images.labels)
     np.testing.assert_array_equal(pred.groups, [0, 1] * 5)
-    batch = torch.stack([TransformedImages(images, eval_tf)[i][0] for i in range(10)])
+    reference = torchvision_eval_transform(tiny_classifier.image_spec)  # torchvision's per-sample pipeline
+    batch = torch.stack([reference(torch.from_numpy(images.image(i)).permute(2, 0, 1)) for i in range(10)])
     tiny_classifier.eval()
     with torch.no_grad():
         expected = tiny_classifier(batch).numpy()

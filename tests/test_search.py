@@ -18,8 +18,8 @@ import torch
 from optuna.trial import TrialState
 
 from autoft.config import Bounds, SearchConfig
-from autoft.data.images import ArrayImages, TransformedImages
-from autoft.data.loaders import BatchStream
+from autoft.data.images import ArrayImages
+from autoft.data.loaders import BatchStream, ImageBatches
 from autoft.errors import ConfigError, NonFiniteLossError, SearchFailed
 from autoft.evaluate import accuracy, predict
 from autoft.hparams import LOSS_NAMES, Hyperparams
@@ -370,7 +370,7 @@ def _trial_objective(
     model: CLIPClassifier, train: ArrayImages, ood_val: ArrayImages, tf: Callable, stream=None
 ) -> TrialObjective:
     space = SearchSpace.from_config(SearchConfig(losses=["ce", "l2init"], base_lr=1e-4))
-    stream = stream or BatchStream(TransformedImages(train, tf), 12, seed=0)
+    stream = stream or BatchStream(ImageBatches(train, tf), 12, seed=0)
     return TrialObjective(model, space, stream, ood_val, tf, metric="accuracy", inner_steps=2, device=CPU)
 
 
@@ -396,7 +396,7 @@ def test_a_diverging_trial_fails_alone_through_the_real_objective(
     eval_tf: Callable,
     tmp_path: Path,
 ) -> None:
-    stream = PoisonableStream(BatchStream(TransformedImages(train_images, eval_tf), 12, seed=0))
+    stream = PoisonableStream(BatchStream(ImageBatches(train_images, eval_tf), 12, seed=0))
     objective = _trial_objective(tiny_classifier, train_images, val_images.subset(range(9)), eval_tf, stream)
 
     def poisoned_second_trial(trial: optuna.Trial) -> float:

@@ -23,8 +23,8 @@ from safetensors.torch import load_file
 
 import autoft.train as train_module
 from autoft.config import FinetuneConfig
-from autoft.data.images import ArrayImages, TransformedImages
-from autoft.data.loaders import BatchStream
+from autoft.data.images import ArrayImages
+from autoft.data.loaders import BatchStream, ImageBatches
 from autoft.losses import WeightedObjective, l2_init
 from autoft.models.classifier import CLIPClassifier
 from autoft.train import (
@@ -48,7 +48,7 @@ def _zeroshot_state(model: CLIPClassifier) -> dict[str, torch.Tensor]:
 
 
 def _stream(images: ArrayImages, transform: Callable, batch_size: int = 12, seed: int = 0) -> BatchStream:
-    return BatchStream(TransformedImages(images, transform), batch_size, seed=seed)
+    return BatchStream(ImageBatches(images, transform), batch_size, seed=seed)
 
 
 class RecordingObjective(WeightedObjective):
@@ -448,17 +448,17 @@ RESUME_SCRIPT = textwrap.dedent(
 
     out_dir, resume = Path(sys.argv[1]), sys.argv[2] == "resume"
     out_dir.mkdir(parents=True, exist_ok=True)
-    make_loader = train.make_loader
+    epoch_batches = train.epoch_batches
 
 
-    def logged_loader(*args, seed, **kwargs):
-        # Which epochs this process trains (the loader seed is the epoch for finetune seed 0).
+    def logged_batches(*args, seed, **kwargs):
+        # Which epochs this process trains (the batch seed is the epoch for finetune seed 0).
         with open(out_dir / "epochs_run.txt", "a") as log:
             log.write(f"{{seed}}\\n")
-        return make_loader(*args, seed=seed, **kwargs)
+        return epoch_batches(*args, seed=seed, **kwargs)
 
 
-    train.make_loader = logged_loader
+    train.epoch_batches = logged_batches
     deterministic_finetune(out_dir, resume)
     """
 )
@@ -519,13 +519,13 @@ def test_finetune_killed_after_epoch_one_resumes_to_the_same_weights(
     assert killed_epochs in ([0], [0, 1])  # epoch 1 done, killed at most into epoch 2
 
     resumed_epochs: list[int] = []
-    make_loader = train_module.make_loader
+    epoch_batches = train_module.epoch_batches
 
-    def logged_loader(*args, seed: int, **kwargs):
-        resumed_epochs.append(seed)  # the loader seed is the epoch for finetune seed 0
-        return make_loader(*args, seed=seed, **kwargs)
+    def logged_batches(*args, seed: int, **kwargs):
+        resumed_epochs.append(seed)  # the batch seed is the epoch for finetune seed 0
+        return epoch_batches(*args, seed=seed, **kwargs)
 
-    monkeypatch.setattr(train_module, "make_loader", logged_loader)
+    monkeypatch.setattr(train_module, "epoch_batches", logged_batches)
     deterministic_finetune(killed_dir, resume=True)
     assert resumed_epochs == [1, 2]  # epochs 2 and 3 only: it resumed, it did not start over
 

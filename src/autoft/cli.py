@@ -28,7 +28,7 @@ from autoft.config import (
     parse_assignments,
     resolve_config,
 )
-from autoft.errors import AutoFTError, ConfigError
+from autoft.errors import AutoFTError, ConfigError, caused_by_interrupt
 
 EXIT_FAILURE = 1
 EXIT_USER_ERROR = 2
@@ -119,6 +119,9 @@ def cmd_select_best(args: argparse.Namespace) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
+    from autoft.distributed import resolve_nproc
+
+    nproc = resolve_nproc(args.nproc)  # a bad value fails before any compute
     config = config_from_args(args)
     config.check_method(args.method, purpose="finetune")
     search_results = parse_assignments(args.hparams, "--hparams", "autoft=run/search/autoft.json")
@@ -132,7 +135,14 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     hparams = finetune_hparams(args.method, {k: Path(v) for k, v in search_results.items()})
     finished = args.resume and (Path(args.out) / "finetune.json").is_file()
     summary = stage_finetune(
-        config, Path(args.data), Path(args.zeroshot), args.method, hparams, Path(args.out), resume=args.resume
+        config,
+        Path(args.data),
+        Path(args.zeroshot),
+        args.method,
+        hparams,
+        Path(args.out),
+        resume=args.resume,
+        nproc=nproc,
     )
     if finished:
         print(f"fine-tuning {args.method} had already finished in {args.out}: nothing to resume")
@@ -305,6 +315,11 @@ def _add_stage_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="output folder (model/, wiseft/, train/, finetune.json)")
     p.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint in --out")
+    p.add_argument(
+        "--nproc",
+        default="1",
+        help="processes on this node (torchrun + DDP): a number, or 'auto' = one per visible GPU (default 1)",
+    )
 
     p = add("evaluate", cmd_evaluate, "evaluate saved models on one eval set (or any image folder / CSV)")
     p.add_argument("--data", default="", help="prepared-data folder (for --eval-set)")
@@ -379,6 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupted() -> int:
+    print("interrupted: every file written so far is complete; run the command again to continue", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -399,10 +419,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.verbose:
             raise
-        print("interrupted: every file written so far is complete; run the command again to continue", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except OSError as error:
-        if args.verbose or error.errno not in DISK_ERRORS:
+        return _interrupted()
+    except Exception as error:
+        if not args.verbose and caused_by_interrupt(error):  # Ctrl-C that landed in a library's cleanup
+            return _interrupted()
+        if args.verbose or not isinstance(error, OSError) or error.errno not in DISK_ERRORS:
             raise
         where = f" {error.filename}" if error.filename else ""
         print(

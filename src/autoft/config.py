@@ -77,6 +77,12 @@ class ModelConfig(_Strict):
         None,
         description="prompt templates; '{c}' is replaced by the class name; None = the dataset's own",
     )
+    train_token_embedding: bool = Field(
+        True,
+        description="when flyp trains the text tower, train its token embedding too (vocabulary x width: 25 M "
+        "parameters in ViT-B/16, 3.2 M in the tiny model, almost all rows unused by the prompts); false freezes it: "
+        "see docs/performance.md for what that costs and changes",
+    )
 
     @field_validator("templates")
     @classmethod
@@ -119,7 +125,18 @@ class DataConfig(_Strict):
     root: str = Field("", description="dataset root (local path or gs://); '' = the built-in cache")
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(256, ge=1)
-    num_workers: int = Field(0, ge=0)
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto",
+        description="DataLoader workers per process for splits decoded per pass (larger than memory_budget_mb) "
+        "and for the one-time decode of the others; 'auto' = the process's cores - 1, at most 8",
+    )
+    memory_budget_mb: int = Field(
+        4096,
+        ge=0,
+        description="a split whose decoded images (uint8, at the model's input size or smaller) fit in this many MiB "
+        "is decoded once and batched by indexing (on the GPU when training there); larger splits are decoded "
+        "per pass by DataLoader workers; 0 = always per pass. Results do not depend on it",
+    )
     ood_val: OodValConfig = Field(default_factory=OodValConfig)
     eval_sets: list[EvalSetConfig] = Field(default_factory=list)
     options: SerializeAsAny[DatasetOptions] = Field(

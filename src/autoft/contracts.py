@@ -1,6 +1,7 @@
 """Every JSON file one step writes and another reads, as a typed, versioned model.
 
-The prepared-data index, a search's result, a fine-tuning summary, one evaluation, and results.json.
+The prepared-data index, a search's result, a fine-tuning summary (and a multi-process fine-tuning job),
+one evaluation, and results.json.
 Steps may run on different machines and versions of the code: each file names its schema version,
 and a reader refuses a file of another version (or a malformed one) with a message naming the file,
 instead of failing later on a missing key.
@@ -159,6 +160,24 @@ class FinetuneSummary(Contract):
     wiseft: WiseFTChoice
     seconds: float = 0.0
     fingerprint: dict[str, str] = Field(default_factory=dict, description="what the run depended on, hashed")
+    processes: int = Field(1, ge=1, description="how many processes (DDP ranks) trained it")
+
+
+class FinetuneJob(Contract):
+    """A multi-process fine-tuning step's arguments, handed from the launcher to each torchrun process."""
+
+    SCHEMA: ClassVar[str] = "autoft.finetune-job/v1"
+    FILE: ClassVar[str] = "finetune_job.json"
+
+    config: dict[str, Any] = Field(description="the resolved config (autoft.config.config_to_dict)")
+    data_dir: str
+    zeroshot_dir: str
+    method: str
+    hparams: Hyperparams
+    out_dir: str
+    resume: bool = False
+    progress: bool = True
+    record_curves: bool = Field(False, description="rank 0 appends the observer's calls to train/curves.jsonl")
 
 
 class ModelEval(BaseModel):

@@ -35,5 +35,21 @@ class SearchFailed(AutoFTError, RuntimeError):
     """The search cannot go on (too many failed trials, or no completed trial to choose from)."""
 
 
+def caused_by_interrupt(error: BaseException) -> bool:
+    """Whether Ctrl-C is behind ``error``: KeyboardInterrupt itself, or an error raised while handling it.
+
+    A Ctrl-C that lands inside a library's cleanup (Optuna's journal lock unlinking its lock file, say)
+    surfaces as that cleanup's own error, with the KeyboardInterrupt as its context; it is still Ctrl-C.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        current = current.__context__
+    return False
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite: these hyperparameters diverge (a failed trial, not a user error)."""

@@ -14,8 +14,10 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from tqdm.auto import tqdm
 
-from autoft.data.images import NO_GROUP, LabeledImages, TransformedImages
-from autoft.data.loaders import make_loader
+from autoft.data.images import NO_GROUP, LabeledImages
+from autoft.data.loaders import DEFAULT_MEMORY_BUDGET_MB, ImageBatches, InputSettings, ordered_batches
+from autoft.data.transforms import ImageTransform
+from autoft.distributed import SINGLE, Dist
 
 
 @dataclass
@@ -35,37 +37,55 @@ def autocast_context(device: torch.device):
 
 
 @torch.no_grad()
+def predict_batches(
+    model: torch.nn.Module,
+    source: ImageBatches,
+    *,
+    batch_size: int = 256,
+    desc: str | None = None,
+    logits_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    dist: Dist = SINGLE,
+) -> Predictions:
+    """Run ``model`` over a prepared split in eval mode; ``logits_fn`` may project logits (e.g. ImageNet-R).
+
+    The source is built once and reused for every model and WiSE-FT alpha (no per-pass transforms). With
+    several processes each rank predicts its chunk of the split and every rank gets all predictions.
+    """
+    was_training = model.training
+    model.eval()
+    start, stop = dist.chunk(len(source))
+    chunks = []
+    for batch in tqdm(ordered_batches(source, batch_size, start, stop), desc=desc, leave=False, disable=desc is None):
+        with autocast_context(source.device):
+            logits = model(batch.images)
+        if logits_fn is not None:
+            logits = logits_fn(logits)
+        chunks.append(logits.float())
+    model.train(was_training)
+    local = torch.cat(chunks) if chunks else torch.zeros(0, 0, device=source.device)
+    return Predictions(
+        logits=dist.gather_varlen(local).cpu().numpy(),
+        labels=source.labels.numpy(),
+        groups=source.groups.numpy(),
+    )
+
+
 def predict(
     model: torch.nn.Module,
     images: LabeledImages,
-    transform: Callable,
+    transform: ImageTransform,
     *,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     num_workers: int = 0,
     desc: str | None = None,
     logits_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB,
 ) -> Predictions:
-    """Run ``model`` over a split in eval mode; ``logits_fn`` may project logits (e.g. ImageNet-R)."""
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    loader = make_loader(TransformedImages(images, transform), batch_size, num_workers=num_workers, device=device)
-    chunks, labels, groups = [], [], []
-    for batch, label, group in tqdm(loader, desc=desc or "predict", leave=False, disable=desc is None):
-        with autocast_context(device):
-            logits = model(batch.to(device, non_blocking=True))
-        if logits_fn is not None:
-            logits = logits_fn(logits)
-        chunks.append(logits.float().cpu())
-        labels.append(label)
-        groups.append(group)
-    model.train(was_training)
-    return Predictions(
-        logits=torch.cat(chunks).numpy(),
-        labels=torch.cat(labels).numpy(),
-        groups=torch.cat(groups).numpy(),
-    )
+    """One pass over a split (callers that pass over a split again should keep an :class:`ImageBatches`)."""
+    settings = InputSettings(torch.device(device), memory_budget_mb, num_workers)
+    source = ImageBatches(images, transform, settings)
+    return predict_batches(model, source, batch_size=batch_size, desc=desc, logits_fn=logits_fn)
 
 
 def accuracy(pred: Predictions) -> float:

@@ -16,6 +16,7 @@ from pathlib import Path
 from autoft.atomic import atomic_write_json
 from autoft.config import AutoFTConfig, save_config
 from autoft.contracts import EvalResult, FinetuneSummary, PreparedData, Results, SearchResult
+from autoft.errors import caused_by_interrupt
 from autoft.methods import finetuned_methods, is_wiseft, model_source, searched_methods
 from autoft.report import assemble_results, write_report
 from autoft.stages import (
@@ -48,11 +49,11 @@ def run_status(run_dir: Path) -> Iterator[None]:
     atomic_write_json(run_dir / RUN_STATUS_FILE, {"state": "running", "started": started})
     try:
         yield
-    except KeyboardInterrupt:
-        mark("interrupted", "stopped by the user (Ctrl-C); the run is incomplete")
-        raise
     except BaseException as error:
-        mark("failed", f"{type(error).__name__}: {error}"[:2000])
+        if caused_by_interrupt(error):
+            mark("interrupted", "stopped by the user (Ctrl-C); the run is incomplete")
+        else:
+            mark("failed", f"{type(error).__name__}: {error}"[:2000])
         raise
     mark("succeeded")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,34 +22,38 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial
 
-from autoft.config import AutoFTConfig
+from autoft.config import AutoFTConfig, config_to_dict
 from autoft.contracts import (
     VALIDATION_SPLITS,
     EpochRecord,
     EvalResult,
+    FinetuneJob,
     FinetuneSummary,
     ModelEval,
     PreparedData,
     SearchResult,
     WiseFTChoice,
 )
-from autoft.data.images import LabeledImages, TransformedImages, check_readable, indices_hash
-from autoft.data.loaders import BatchStream
+from autoft.curve_file import CURVES_FILE, curve_file_size, replay_curves
+from autoft.data.images import LabeledImages, check_readable, indices_hash
+from autoft.data.loaders import BatchStream, ImageBatches, InputSettings, resolve_workers
 from autoft.data.manifests import load_split, logits_fn_from_manifest, read_manifest, save_file_split, write_manifest
 from autoft.data.registry import get_builder
 from autoft.data.subsets import ood_val_indices
 from autoft.data.transforms import eval_transform, train_transform
+from autoft.distributed import SINGLE, Dist, distributed, launch
 from autoft.errors import ConfigError, DataError
-from autoft.evaluate import Predictions, all_metrics, confusion, metric_value, predict
+from autoft.evaluate import Predictions, all_metrics, confusion, metric_value, predict_batches
 from autoft.hparams import Hyperparams
 from autoft.methods import BASE_METHODS, hparams_source
 from autoft.models.checkpoint import WEIGHTS_FILE, load_state_dict_file
 from autoft.models.classifier import CLIPClassifier, build_zeroshot_classifier, load_classifier
+from autoft.models.factory import ImageSpec
 from autoft.observers import TrainingObserver
 from autoft.search.objective import TrialObjective
 from autoft.search.space import SearchSpace
 from autoft.search.study import count_trials, create_or_load_study, run_worker, worker_quota
-from autoft.train import BEST_WEIGHTS, check_fingerprint, finetune
+from autoft.train import BEST_WEIGHTS, check_fingerprint, finetune_batches
 from autoft.wiseft import interpolate, sweep
 
 log = logging.getLogger(__name__)
@@ -58,12 +63,17 @@ BUILTIN_PRETRAINED_PREFIX = "builtin:"
 WILDS_METRIC_KEYS = {"macro_f1": "F1-macro_all", "worst_group_accuracy": "acc_worst_region", "accuracy": "acc_avg"}
 
 
-def resolve_device(config: AutoFTConfig) -> torch.device:
+def resolve_device(config: AutoFTConfig, dist: Dist = SINGLE) -> torch.device:
+    """The device of this process: the configured kind; with several processes, this rank's GPU."""
     if config.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda was requested but no CUDA device is visible; set device=auto or device=cpu")
-    if config.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.device)
+    kind = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+    return torch.device(kind, dist.local_rank) if kind == "cuda" and dist.active else torch.device(kind)
+
+
+def input_settings(config: AutoFTConfig, device: torch.device, processes: int = 1) -> InputSettings:
+    """How this process batches splits: in memory within ``data.memory_budget_mb``, else with workers."""
+    return InputSettings(device, config.data.memory_budget_mb, resolve_workers(config.data.num_workers, processes))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -168,12 +178,11 @@ def stage_search(
     model = load_classifier(zeroshot_dir, device=device)
     val = load_split(data.manifest(BASE_METHODS[method].val_split))
     train = load_split(data.manifest("id_train"))
+    settings = input_settings(config, device)
     stream = BatchStream(
-        TransformedImages(train, train_transform(model.image_spec)),
+        ImageBatches(train, train_transform(model.image_spec), settings),
         config.data.batch_size,
         seed=config.search_seed * 7919 + worker_index,
-        num_workers=config.data.num_workers,
-        device=str(device),
     )
     objective = TrialObjective(
         model,
@@ -188,7 +197,9 @@ def stage_search(
         pruning=search.pruning,
         prune_reports=search.prune_reports,
         eval_batch_size=config.data.eval_batch_size,
-        num_workers=config.data.num_workers,
+        num_workers=settings.num_workers,
+        memory_budget_mb=settings.memory_budget_mb,
+        train_token_embedding=config.model.train_token_embedding,
     )
     study = create_or_load_study(storage, search, worker_index)
     run_worker(
@@ -223,6 +234,9 @@ def finetune_hparams(method: str, search_results: dict[str, Path]) -> Hyperparam
 # ----------------------------------------------------------------------------------------------
 
 
+FINETUNE_WORKER = "autoft.finetune_worker"  # the module each torchrun process runs (python -m)
+
+
 def stage_finetune(
     config: AutoFTConfig,
     data_dir: Path,
@@ -233,17 +247,83 @@ def stage_finetune(
     resume: bool = False,
     progress: bool = True,
     observer: TrainingObserver | None = None,
+    nproc: int = 1,
 ) -> FinetuneSummary:
     """Fine-tune with ``hparams``, keep the best ID-val epoch, then sweep WiSE-FT alphas on ID-val.
 
     Writes ``model/`` and ``wiseft/`` (saved classifiers), ``train/`` (epoch checkpoints) and
     ``finetune.json`` (:class:`FinetuneSummary`) under ``out_dir``. With ``resume``, a run cut short
     continues from its last finished epoch, and a finished one is left as it is; either must be the same
-    run (:func:`finetune_fingerprint`).
+    run (:func:`finetune_fingerprint`), whatever the number of processes that wrote it.
+
+    ``observer`` hears each optimizer step and each epoch (for tracking).
+
+    ``nproc`` > 1 starts that many processes on this node under torchrun (one per GPU; gloo on CPUs) and
+    waits for them: DDP training, ID-val sharded over the ranks, rank 0 writing (:mod:`autoft.distributed`);
+    rank 0 records the observer's calls in a file that is replayed to ``observer`` afterwards. A process
+    that torchrun started (WORLD_SIZE in its environment) runs as its rank.
     """
-    started = time.perf_counter()
     out_dir = Path(out_dir)
-    device = resolve_device(config)
+    if nproc > 1:
+        curves = out_dir / "train" / CURVES_FILE
+        start = curve_file_size(curves)
+        summary = _launch_finetune(
+            config, data_dir, zeroshot_dir, method, hparams, out_dir, resume, progress, nproc, observer is not None
+        )
+        if observer is not None:
+            replay_curves(curves, observer, start)
+        return summary
+    with distributed(resolve_device(config).type) as dist:
+        return _finetune_rank(
+            config, data_dir, zeroshot_dir, method, hparams, out_dir, resume, progress, observer, dist
+        )
+
+
+def _launch_finetune(
+    config: AutoFTConfig,
+    data_dir: Path,
+    zeroshot_dir: Path,
+    method: str,
+    hparams: Hyperparams,
+    out_dir: Path,
+    resume: bool,
+    progress: bool,
+    nproc: int,
+    record_curves: bool,
+) -> FinetuneSummary:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    job = FinetuneJob(
+        config=config_to_dict(config),
+        data_dir=str(Path(data_dir).resolve()),
+        zeroshot_dir=str(Path(zeroshot_dir).resolve()),
+        method=method,
+        hparams=hparams,
+        out_dir=str(out_dir.resolve()),
+        resume=resume,
+        progress=progress,
+        record_curves=record_curves,
+    )
+    # The job holds the whole config (maybe a storage URL with a password): a private folder, removed after.
+    with tempfile.TemporaryDirectory(prefix="autoft-finetune-job-") as folder:
+        launch(nproc, FINETUNE_WORKER, [str(job.save(Path(folder) / FinetuneJob.FILE))])
+    return FinetuneSummary.load(out_dir / FinetuneSummary.FILE)
+
+
+def _finetune_rank(
+    config: AutoFTConfig,
+    data_dir: Path,
+    zeroshot_dir: Path,
+    method: str,
+    hparams: Hyperparams,
+    out_dir: Path,
+    resume: bool,
+    progress: bool,
+    observer: TrainingObserver | None,
+    dist: Dist,
+) -> FinetuneSummary:
+    """What each process of a fine-tuning step does (the only process, in the ordinary case)."""
+    started = time.perf_counter()
+    device = resolve_device(config, dist)
     data = PreparedData.load_from(data_dir)
     fingerprint = finetune_fingerprint(config, data, Path(zeroshot_dir), method, hparams)
     finished = out_dir / FinetuneSummary.FILE
@@ -253,46 +333,47 @@ def stage_finetune(
         log.info("fine-tuning %s already finished in %s: nothing to resume", method, out_dir)
         return summary
     model = load_classifier(zeroshot_dir, device=device)
-    train, id_val = load_split(data.manifest("id_train")), load_split(data.manifest("id_val"))
+    settings = input_settings(config, device, dist.world_size)
+    train = ImageBatches(load_split(data.manifest("id_train")), train_transform(model.image_spec), settings)
+    id_val = ImageBatches(load_split(data.manifest("id_val")), eval_transform(model.image_spec), settings)
     torch.manual_seed(config.finetune_seed)
     selection = config.model_selection_metric
-    result = finetune(
+    result = finetune_batches(
         model,
         hparams,
         train,
         id_val,
         config.finetune.model_copy(update={"seed": config.finetune_seed}),
-        train_transform=train_transform(model.image_spec),
-        eval_transform=eval_transform(model.image_spec),
         selection_metric=selection,
         out_dir=out_dir / "train",
         device=device,
         dcm_sign=config.search.dcm_sign,
-        num_workers=config.data.num_workers,
         eval_batch_size=config.data.eval_batch_size,
         resume=resume,
         progress=progress,
         fingerprint=fingerprint,
-        observer=observer,
+        observer=observer if dist.is_main else None,
+        dist=dist,
+        train_token_embedding=config.model.train_token_embedding,
     )
     finetuned_state = load_state_dict_file(result.best_state_path)
     model.load_state_dict(finetuned_state)
     model.prepare_for_eval()
-    model.save(out_dir / "model", method=method, hparams=hparams.to_dict(), best_epoch=result.best_epoch)
+    if dist.is_main:
+        model.save(out_dir / "model", method=method, hparams=hparams.to_dict(), best_epoch=result.best_epoch)
 
     zeroshot_state = load_state_dict_file(Path(zeroshot_dir) / WEIGHTS_FILE)
-    transform = eval_transform(model.image_spec)
 
     def score(state: dict[str, torch.Tensor]) -> float:
         model.load_state_dict(state)
         model.prepare_for_eval()
-        preds = predict(model, id_val, transform, batch_size=config.data.eval_batch_size, device=device)
-        return metric_value(selection, preds)
+        return metric_value(
+            selection, predict_batches(model, id_val, batch_size=config.data.eval_batch_size, dist=dist)
+        )
 
     wiseft = sweep(zeroshot_state, finetuned_state, config.wiseft.alphas, score)
     model.load_state_dict(interpolate(zeroshot_state, finetuned_state, wiseft.best_alpha))
     model.prepare_for_eval()
-    model.save(out_dir / "wiseft", method=f"{method}_wiseft", hparams=hparams.to_dict(), wiseft_alpha=wiseft.best_alpha)
     summary = FinetuneSummary(
         method=method,
         hparams=hparams,
@@ -303,9 +384,15 @@ def stage_finetune(
         wiseft=WiseFTChoice(alphas=wiseft.alphas, id_val=wiseft.values, best_alpha=wiseft.best_alpha),
         seconds=round(time.perf_counter() - started, 3),
         fingerprint=fingerprint,
+        processes=dist.world_size,
     )
-    summary.save(out_dir / FinetuneSummary.FILE)
-    (out_dir / "train" / BEST_WEIGHTS).unlink(missing_ok=True)  # kept in model/ now
+    if dist.is_main:
+        model.save(
+            out_dir / "wiseft", method=f"{method}_wiseft", hparams=hparams.to_dict(), wiseft_alpha=wiseft.best_alpha
+        )
+        summary.save(out_dir / FinetuneSummary.FILE)
+        (out_dir / "train" / BEST_WEIGHTS).unlink(missing_ok=True)  # kept in model/ now
+    dist.barrier()
     return summary
 
 
@@ -333,6 +420,7 @@ def finetune_fingerprint(
                 config.finetune_seed,
                 config.model_selection_metric,
                 config.search.dcm_sign,
+                config.model.train_token_embedding,
             ]
         ),
     }
@@ -383,6 +471,10 @@ def stage_evaluate(
     # ImageNet-R/-A project onto 200 classes (logit_indices); ObjectNet max-pools groups (logit_groups).
     logits_fn = logits_fn_from_manifest(manifest)
 
+    # Decoded once per input spec and reused by every model and WiSE-FT alpha (~30 passes per split).
+    settings = input_settings(config, device)
+    sources: dict[ImageSpec, ImageBatches] = {}
+
     def run(model: CLIPClassifier) -> ModelEval:
         if logits_fn is None and images.class_names != model.class_names:
             raise DataError(
@@ -390,14 +482,10 @@ def stage_evaluate(
                 "give the split a logit projection (logit_indices / logit_groups) or use matching class names"
             )
         model.prepare_for_eval()
-        preds = predict(
-            model,
-            images,
-            eval_transform(model.image_spec),
-            batch_size=config.data.eval_batch_size,
-            device=device,
-            num_workers=config.data.num_workers,
-            logits_fn=logits_fn,
+        if model.image_spec not in sources:
+            sources[model.image_spec] = ImageBatches(images, eval_transform(model.image_spec), settings)
+        preds = predict_batches(
+            model, sources[model.image_spec], batch_size=config.data.eval_batch_size, logits_fn=logits_fn
         )
         return _model_eval(images, preds, len(images.class_names), config.metric, manifest["format"] == "wilds")
 

@@ -156,6 +156,13 @@ class NpyRowsImages(LabeledImages):
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_arrays": {}}
 
+    def native_shape(self) -> tuple[int, int] | None:
+        shapes = {np.load(part.images, mmap_mode="r", allow_pickle=False).shape[1:3] for part in self.parts}
+        if len(shapes) != 1:
+            return None
+        height, width = shapes.pop()
+        return int(height), int(width)
+
     def image(self, index: int) -> np.ndarray:
         part_index = int(np.searchsorted(self.offsets, index, side="right")) - 1
         if index < 0 or part_index >= len(self.parts):

@@ -2,7 +2,7 @@
 
 A collection has ``len``, ``image(i)`` (a PIL image or a uint8 HWC array), ``labels``, ``groups`` and
 its class names. Large data stays where it is: file-backed collections decode on demand, and
-:class:`TransformedImages` turns any of them into a torch Dataset.
+:mod:`autoft.data.loaders` turns any of them into batches (decoded once into memory when they fit).
 """
 
 from __future__ import annotations
@@ -11,15 +11,12 @@ import hashlib
 import os
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
 from autoft.errors import DataError
 
@@ -40,6 +37,14 @@ class LabeledImages(ABC):
     @abstractmethod
     def image(self, index: int) -> Image.Image | np.ndarray:
         """The decoded image at ``index``."""
+
+    def native_shape(self) -> tuple[int, int] | None:
+        """(height, width) shared by every image, when known without decoding one; None when sizes may vary.
+
+        Batching keeps such images at their own size when they are no larger than the model's input
+        (CIFAR, digits), instead of storing them resized.
+        """
+        return None
 
     def subset(self, indices: Sequence[int]) -> LabeledImages:
         return SubsetImages(self, np.asarray(indices, dtype=np.int64))
@@ -78,6 +83,9 @@ class ArrayImages(LabeledImages):
 
     def image(self, index: int) -> np.ndarray:
         return self.images[index]
+
+    def native_shape(self) -> tuple[int, int]:
+        return int(self.images.shape[1]), int(self.images.shape[2])
 
 
 @dataclass
@@ -153,6 +161,15 @@ def _file_paths(images: LabeledImages) -> list[str] | None:
     return [images.paths[i] for i in positions] if isinstance(images, FileImages) else None
 
 
+def array_rows(images: LabeledImages) -> np.ndarray | None:
+    """A split held in a uint8 array (through any subsets) as one gathered [N, H, W, 3] array, else None."""
+    positions = np.arange(len(images))
+    while isinstance(images, SubsetImages):
+        positions = images.indices[positions]
+        images = images.parent
+    return images.images[positions] if isinstance(images, ArrayImages) else None
+
+
 def check_readable(images: LabeledImages, what: str, limit: int = 3) -> None:
     """Before any compute: every image of a file-backed split opens (header read, data verified without
     decoding the pixels), or one error gives the count of broken ones and the first few paths."""
@@ -188,22 +205,8 @@ class SubsetImages(LabeledImages):
     def image(self, index: int) -> Image.Image | np.ndarray:
         return self.parent.image(int(self.indices[index]))
 
-
-class TransformedImages(Dataset):
-    """A torch Dataset yielding ``(image_tensor, label, group)`` through a transform."""
-
-    def __init__(self, images: LabeledImages, transform: Callable[[Any], torch.Tensor]) -> None:
-        self.images = images
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        image = self.images.image(index)
-        if isinstance(image, np.ndarray):
-            image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-        return self.transform(image), int(self.images.labels[index]), int(self.images.groups[index])
+    def native_shape(self) -> tuple[int, int] | None:
+        return self.parent.native_shape()
 
 
 def indices_hash(indices: Sequence[int]) -> str:

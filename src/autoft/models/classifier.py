@@ -22,6 +22,8 @@ from autoft.errors import CheckpointError
 from autoft.models.checkpoint import load_state_dict_file, read_model_card, save_classifier
 from autoft.models.factory import ClipBundle, ImageSpec, create_clip
 
+TOKEN_EMBEDDING = "token_embedding.weight"  # open_clip's name, inside the CLIP module
+
 
 def fill_template(template: str, class_name: str) -> str:
     # str.replace, not str.format: real prompt lists contain other braces and apostrophes.
@@ -50,6 +52,7 @@ class CLIPClassifier(nn.Module):
         with torch.no_grad():
             embed_dim = int(self.clip.encode_text(self.tokenizer(["x"])).shape[-1])
         self.head = nn.Linear(embed_dim, len(self.class_names))
+        self._caption_rows: dict[tuple[int, int], torch.Tensor] = {}
         if build_head:  # skipped when weights are loaded next: encoding every prompt is costly
             self.refresh_text_head()
 
@@ -63,6 +66,21 @@ class CLIPClassifier(nn.Module):
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """Normalised text features of raw strings (gradients flow when the text tower trains)."""
         return F.normalize(self.clip.encode_text(self.tokenize(texts)), dim=-1)
+
+    def caption_tokens(self, labels: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
+        """Tokens of "template ``templates[i]`` filled with class ``labels[i]``", on the model's device.
+
+        Each (class, template) pair is tokenised once per model: FLYP draws a template per example every
+        step, and tokenising those strings again costs more host time than a small text tower's forward.
+        """
+        pairs = list(zip(labels.tolist(), templates.tolist(), strict=True))
+        missing = sorted(set(pairs) - set(self._caption_rows))
+        if missing:
+            texts = [fill_template(self.templates[t], self.class_names[c]) for c, t in missing]
+            for pair, row in zip(missing, self.tokenizer(texts), strict=True):
+                self._caption_rows[pair] = row
+        rows = torch.stack([self._caption_rows[pair] for pair in pairs])
+        return rows.to(self.head.weight.device, non_blocking=True)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.clip.encode_image(images), dim=-1)
@@ -97,15 +115,20 @@ class CLIPClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_features(images)[0]
 
-    def set_trainable(self, train_text: bool) -> list[nn.Parameter]:
+    def set_trainable(self, train_text: bool, train_token_embedding: bool = True) -> list[nn.Parameter]:
         """Choose what trains and return the trainable parameters.
 
         The image tower always trains. The text tower and logit scale train only when a loss needs
         them (``flyp``); otherwise weight decay and the norm terms would move weights no loss uses.
-        The linear head trains only in ``linear`` head mode.
+        ``train_token_embedding=False`` keeps the token embedding (vocabulary x width, most of the text
+        tower's parameters, nearly all rows unused by the prompts) frozen even then. The linear head
+        trains only in ``linear`` head mode.
         """
         for name, param in self.clip.named_parameters():
-            param.requires_grad_(name.startswith("visual.") or train_text)
+            trains = name.startswith("visual.") or train_text
+            if name == TOKEN_EMBEDDING:
+                trains = train_text and train_token_embedding
+            param.requires_grad_(trains)
         for param in self.head.parameters():
             param.requires_grad_(self.head_mode == "linear")
         return [p for p in self.parameters() if p.requires_grad]

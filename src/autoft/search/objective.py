@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import optuna
 import torch
 
 from autoft.data.images import LabeledImages
-from autoft.data.loaders import BatchStream
-from autoft.evaluate import metric_value, predict
+from autoft.data.loaders import DEFAULT_MEMORY_BUDGET_MB, BatchStream, ImageBatches, InputSettings
+from autoft.data.transforms import ImageTransform
+from autoft.evaluate import metric_value, predict_batches
 from autoft.models.classifier import CLIPClassifier
 from autoft.search.space import SearchSpace
 from autoft.train import inner_loop
@@ -22,7 +22,8 @@ class TrialObjective:
     """Callable for ``study.optimize``; holds everything that persists across trials.
 
     The zero-shot weights are cached once as a state dict (a clone) and loaded in place per trial;
-    the ID batch stream persists across trials; OOD-val is the WHOLE subset with the EVAL transform.
+    the ID batch stream persists across trials; OOD-val is the WHOLE subset with the EVAL transform,
+    decoded once (in memory when it fits the budget), so scoring a trial is forward passes only.
     """
 
     def __init__(
@@ -31,7 +32,7 @@ class TrialObjective:
         space: SearchSpace,
         stream: BatchStream,
         ood_val: LabeledImages,
-        eval_transform: Callable,
+        eval_transform: ImageTransform,
         *,
         metric: str,
         inner_steps: int,
@@ -41,6 +42,8 @@ class TrialObjective:
         prune_reports: int = 4,
         eval_batch_size: int = 256,
         num_workers: int = 0,
+        memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB,
+        train_token_embedding: bool = True,
     ) -> None:
         if len(ood_val) == 0:
             raise ValueError("the OOD-val subset is empty; the search has nothing to score")
@@ -52,8 +55,7 @@ class TrialObjective:
         self.zeroshot_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.space = space
         self.stream = stream
-        self.ood_val = ood_val
-        self.eval_transform = eval_transform
+        self.ood_val = ImageBatches(ood_val, eval_transform, InputSettings(device, memory_budget_mb, num_workers))
         self.metric = metric
         self.inner_steps = inner_steps
         self.device = device
@@ -61,18 +63,11 @@ class TrialObjective:
         self.pruning = pruning
         self.report_every = max(inner_steps // prune_reports, 1)
         self.eval_batch_size = eval_batch_size
-        self.num_workers = num_workers
+        self.train_token_embedding = train_token_embedding
 
     def score(self) -> float:
         self.model.prepare_for_eval()
-        predictions = predict(
-            self.model,
-            self.ood_val,
-            self.eval_transform,
-            batch_size=self.eval_batch_size,
-            device=self.device,
-            num_workers=self.num_workers,
-        )
+        predictions = predict_batches(self.model, self.ood_val, batch_size=self.eval_batch_size)
         return metric_value(self.metric, predictions)
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -95,6 +90,7 @@ class TrialObjective:
             device=self.device,
             dcm_sign=self.dcm_sign,
             on_step=report if self.pruning else None,
+            train_token_embedding=self.train_token_embedding,
         )
         value = self.score()
         if not math.isfinite(value):
