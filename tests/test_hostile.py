@@ -663,3 +663,36 @@ def test_a_killed_cli_search_worker_started_again_completes_exactly_n_trials(
     states = [t.state.name for t in study.trials]
     assert states.count("COMPLETE") == 5 and states.count("RUNNING") == 0, states
     assert states.count("FAIL") >= 1, "the killed worker's trial was failed when it started again"
+
+
+def test_a_killed_fine_tune_resumes_elsewhere_from_its_durable_checkpoint(ws: dict[str, str], tmp_path: Path) -> None:
+    """kill -9 `autoft step finetune` after its first epoch; start it again with a fresh --out (another pod,
+    its scratch gone) and the same --checkpoint-root: it resumes and ends with an uninterrupted run's weights."""
+    from autoft.models.checkpoint import load_state_dict_file
+
+    argv = ["step", "finetune", "--config", ws["config"], "--data", ws["data"], "--zeroshot", ws["zeroshot"]]
+    argv += ["--hparams", f"autoft={ws['search']}", "--method", "autoft", "--set", "finetune.epochs=3"]
+    durable = ["--checkpoint-root", str(tmp_path / "durable")]
+    first = _cli(*argv, "--out", str(tmp_path / "pod-a"), *durable)
+    try:
+        line = ""
+        while "durable checkpoint of autoft: epoch 1/3" not in line:
+            line = first.stdout.readline()
+            assert line or first.poll() is None, first.communicate()[1]
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == -signal.SIGKILL
+    again = _cli(*argv, "--out", str(tmp_path / "pod-b"), *durable)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert "resumed autoft from epoch 1" in out
+    reference = _cli(*argv, "--out", str(tmp_path / "uninterrupted"))
+    _, err = reference.communicate(timeout=300)
+    assert reference.returncode == 0, err
+    resumed = load_state_dict_file(next((tmp_path / "pod-b" / "model").glob("*.safetensors")))
+    expected = load_state_dict_file(next((tmp_path / "uninterrupted" / "model").glob("*.safetensors")))
+    assert resumed.keys() == expected.keys()
+    assert all(torch.equal(resumed[k], expected[k]) for k in expected)

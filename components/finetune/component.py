@@ -48,11 +48,14 @@ def finetune(
         summary: Output JSON (schema autoft.finetune/v1): hyperparameters, every epoch, the alpha sweep.
         finetune_metrics: Output metrics for the Kubeflow UI: best ID-val, best epoch, peak lr, WiSE-FT alpha.
     """
+    import os
     import shutil
     import tempfile
     from pathlib import Path
 
     from autoft.contracts import FinetuneSummary
+    from autoft.distributed import resolve_nproc
+    from autoft.durable import CHECKPOINT_ROOT_ENV, DurableCheckpoints
     from autoft.methods import hparams_source
     from autoft.stages import finetune_hparams, stage_finetune
     from components.runtime import load_step_config, move_into, open_runs
@@ -65,10 +68,28 @@ def finetune(
     # Epoch checkpoints and both models are written to scratch space first; only the two models and the
     # summary become artifacts (TMPDIR may point at a larger volume on a cluster).
     scratch = Path(tempfile.mkdtemp(prefix=f"autoft-finetune-{method}-"))
+    # Epochs also go to durable storage keyed by run and method: a retried attempt (a new pod) resumes there.
+    base = (
+        checkpoint_root
+        or os.environ.get(CHECKPOINT_ROOT_ENV, "")
+        or (f"{output_dir}/checkpoints" if output_dir else "")
+    )
+    durable = DurableCheckpoints.for_run(base, run_id, method).root if base else ""
+    if not durable:
+        print("no checkpoint_root or AUTOFT_CHECKPOINT_ROOT: epochs stay in this pod, and a retry starts over")
     try:
         with runs.system_metrics(method):
             result = stage_finetune(
-                config, prepared.path, zeroshot.path, method, chosen, scratch, progress=False, observer=curves
+                config,
+                prepared.path,
+                zeroshot.path,
+                method,
+                chosen,
+                scratch,
+                progress=False,
+                observer=curves,
+                nproc=resolve_nproc("auto"),  # one process per GPU this pod was given (DDP); one on CPU
+                durable_root=durable,
             )
         move_into(scratch / "model", Path(model.path))
         move_into(scratch / "wiseft", Path(wiseft_model.path))

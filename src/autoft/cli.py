@@ -143,6 +143,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         Path(args.out),
         resume=args.resume,
         nproc=nproc,
+        durable_root=args.checkpoint_root,
     )
     if finished:
         print(f"fine-tuning {args.method} had already finished in {args.out}: nothing to resume")
@@ -315,6 +316,13 @@ def _add_stage_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="output folder (model/, wiseft/, train/, finetune.json)")
     p.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint in --out")
+    p.add_argument(
+        "--checkpoint-root",
+        default="",
+        metavar="URI",
+        help="also keep each epoch's checkpoint here (gs://... or a folder); started again with the same root "
+        "and an empty --out (another machine), it resumes from the last saved epoch",
+    )
     p.add_argument(
         "--nproc",
         default="1",

@@ -178,6 +178,7 @@ class FinetuneJob(Contract):
     resume: bool = False
     progress: bool = True
     record_curves: bool = Field(False, description="rank 0 appends the observer's calls to train/curves.jsonl")
+    durable_root: str = Field("", description="where rank 0 copies each epoch's checkpoint (autoft.durable)")
 
 
 class ModelEval(BaseModel):

@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         resume=job.resume,
         progress=job.progress,
         observer=CurveFile(Path(job.out_dir) / "train" / CURVES_FILE) if job.record_curves else None,
+        durable_root=job.durable_root,
     )
     return 0
 

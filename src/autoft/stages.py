@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -42,6 +43,7 @@ from autoft.data.registry import get_builder
 from autoft.data.subsets import ood_val_indices
 from autoft.data.transforms import eval_transform, train_transform
 from autoft.distributed import SINGLE, Dist, distributed, launch
+from autoft.durable import DurableCheckpoints
 from autoft.errors import ConfigError, DataError
 from autoft.evaluate import Predictions, all_metrics, confusion, metric_value, predict_batches
 from autoft.hparams import Hyperparams
@@ -248,6 +250,7 @@ def stage_finetune(
     progress: bool = True,
     observer: TrainingObserver | None = None,
     nproc: int = 1,
+    durable_root: str = "",
 ) -> FinetuneSummary:
     """Fine-tune with ``hparams``, keep the best ID-val epoch, then sweep WiSE-FT alphas on ID-val.
 
@@ -258,24 +261,44 @@ def stage_finetune(
 
     ``observer`` hears each optimizer step and each epoch (for tracking).
 
+    ``durable_root`` (a gs:// prefix or a folder, :class:`autoft.durable.DurableCheckpoints`) receives each
+    epoch's checkpoint; a step started again with the same root (a retried or preempted pod, with an empty
+    ``out_dir``) first restores the latest one and resumes from it.
+
     ``nproc`` > 1 starts that many processes on this node under torchrun (one per GPU; gloo on CPUs) and
     waits for them: DDP training, ID-val sharded over the ranks, rank 0 writing (:mod:`autoft.distributed`);
     rank 0 records the observer's calls in a file that is replayed to ``observer`` afterwards. A process
     that torchrun started (WORLD_SIZE in its environment) runs as its rank.
     """
     out_dir = Path(out_dir)
+    # The launching process restores (once); torchrun's ranks, started with WORLD_SIZE, find it on disk.
+    if durable_root and "WORLD_SIZE" not in os.environ:
+        restored = DurableCheckpoints(durable_root).restore(out_dir / "train")
+        if restored is not None:
+            print(f"resumed {method} from epoch {restored + 1} ({durable_root})", flush=True)
+            resume = True
     if nproc > 1:
         curves = out_dir / "train" / CURVES_FILE
         start = curve_file_size(curves)
         summary = _launch_finetune(
-            config, data_dir, zeroshot_dir, method, hparams, out_dir, resume, progress, nproc, observer is not None
+            config,
+            data_dir,
+            zeroshot_dir,
+            method,
+            hparams,
+            out_dir,
+            resume,
+            progress,
+            nproc,
+            observer is not None,
+            durable_root,
         )
         if observer is not None:
             replay_curves(curves, observer, start)
         return summary
     with distributed(resolve_device(config).type) as dist:
         return _finetune_rank(
-            config, data_dir, zeroshot_dir, method, hparams, out_dir, resume, progress, observer, dist
+            config, data_dir, zeroshot_dir, method, hparams, out_dir, resume, progress, observer, dist, durable_root
         )
 
 
@@ -290,6 +313,7 @@ def _launch_finetune(
     progress: bool,
     nproc: int,
     record_curves: bool,
+    durable_root: str = "",
 ) -> FinetuneSummary:
     out_dir.mkdir(parents=True, exist_ok=True)
     job = FinetuneJob(
@@ -302,6 +326,7 @@ def _launch_finetune(
         resume=resume,
         progress=progress,
         record_curves=record_curves,
+        durable_root=durable_root,
     )
     # The job holds the whole config (maybe a storage URL with a password): a private folder, removed after.
     with tempfile.TemporaryDirectory(prefix="autoft-finetune-job-") as folder:
@@ -320,6 +345,7 @@ def _finetune_rank(
     progress: bool,
     observer: TrainingObserver | None,
     dist: Dist,
+    durable_root: str = "",
 ) -> FinetuneSummary:
     """What each process of a fine-tuning step does (the only process, in the ordinary case)."""
     started = time.perf_counter()
@@ -338,6 +364,13 @@ def _finetune_rank(
     id_val = ImageBatches(load_split(data.manifest("id_val")), eval_transform(model.image_spec), settings)
     torch.manual_seed(config.finetune_seed)
     selection = config.model_selection_metric
+    durable = DurableCheckpoints(durable_root) if durable_root and dist.is_main else None
+
+    def save_durably(epoch: int) -> None:
+        if durable is not None:
+            target = durable.save(out_dir / "train", epoch)
+            print(f"durable checkpoint of {method}: epoch {epoch + 1}/{config.finetune.epochs} -> {target}", flush=True)
+
     result = finetune_batches(
         model,
         hparams,
@@ -355,6 +388,7 @@ def _finetune_rank(
         observer=observer if dist.is_main else None,
         dist=dist,
         train_token_embedding=config.model.train_token_embedding,
+        on_checkpoint=save_durably,
     )
     finetuned_state = load_state_dict_file(result.best_state_path)
     model.load_state_dict(finetuned_state)

@@ -472,8 +472,12 @@ def finetune_batches(
     observer: TrainingObserver | None = None,
     dist: Dist = SINGLE,
     train_token_embedding: bool = True,
+    on_checkpoint: Callable[[int], None] | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``model`` in place with ``hparams``; the best ID-val epoch's weights are saved.
+
+    ``on_checkpoint(epoch)`` runs on rank 0 once an epoch's checkpoint is complete in ``out_dir`` (the
+    durable copy a retried step resumes from, :mod:`autoft.durable`).
 
     ``fingerprint`` names what the run depends on (method, hyperparameters, data, starting weights,
     settings); each checkpoint records it, and ``resume`` refuses a checkpoint of any other run.
@@ -575,6 +579,8 @@ def finetune_batches(
                 },
             )
             atomic_write_text(out_dir / "history.json", json.dumps([asdict(item) for item in history], indent=1))
+            if on_checkpoint is not None:
+                on_checkpoint(epoch)
         dist.barrier()  # every rank leaves the epoch once its checkpoint is complete
 
     return FinetuneResult(
