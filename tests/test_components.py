@@ -174,7 +174,14 @@ def run_finetune(
         "finetune_metrics": artifact(Metrics, work, f"{method}_metrics"),
     }
     finetune.python_func(
-        **common, **tracked, method=method, prepared=prepared, zeroshot=zeroshot, hparams=hparams, **outputs
+        **common,
+        **tracked,
+        checkpoint_root="",  # the default: <output_dir>/checkpoints/<run>/<method>
+        method=method,
+        prepared=prepared,
+        zeroshot=zeroshot,
+        hparams=hparams,
+        **outputs,
     )
     return outputs
 
@@ -367,8 +374,9 @@ def test_select_best_writes_effective_hparams_and_metrics(best: tuple[Artifact, 
 
 
 def test_finetune_outputs_model_wiseft_model_and_summary(
-    tuned: dict[str, dict[str, Any]], best: tuple[Artifact, Metrics]
+    tuned: dict[str, dict[str, Any]], best: tuple[Artifact, Metrics], tracked: dict[str, str]
 ) -> None:
+    from autoft.durable import DurableCheckpoints
     from autoft.models.classifier import load_classifier
 
     searched = json.loads(Path(best[0].path).read_text())["hparams"]
@@ -380,6 +388,9 @@ def test_finetune_outputs_model_wiseft_model_and_summary(
         assert outputs["wiseft_model"].metadata["wiseft_alpha"] == summary["wiseft"]["best_alpha"]
         assert outputs["finetune_metrics"].metadata["best_epoch"] == 0
         assert summary["hparams"]["lr"] == pytest.approx(searched["lr"]), method
+        # Each finished epoch was also saved where a retried attempt of this step would resume from.
+        durable = DurableCheckpoints.for_run(Path(tracked["output_dir"]) / "checkpoints", RUN_ID, method)
+        assert durable.latest_epoch() == len(summary["history"]) - 1, method
     # The control keeps autoft's lr and wd but trains with cross-entropy alone.
     assert json.loads(Path(tuned["autoft_ce"]["summary"].path).read_text())["hparams"]["weights"] == {"ce": 1.0}
 
