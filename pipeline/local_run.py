@@ -130,6 +130,12 @@ def _captured_output(log_path: Path, echo: bool) -> Iterator[TaskLogCapture]:
             yield capture
         finally:
             root.removeHandler(handler)
+            # kfp.local's own loggers bound sys.stdout (the capture) while it was swapped in; the log file
+            # closes below, so they would fail on every later record ("I/O operation on closed file").
+            for logger in [root, *logging.Logger.manager.loggerDict.values()]:
+                for stale in list(getattr(logger, "handlers", [])):
+                    if getattr(stale, "stream", None) is capture:
+                        logger.removeHandler(stale)
             sys.stdout = original_stdout
             # kfp.local indents task output by swapping builtins.print per task; two parallel tasks can
             # restore each other's replacement, leaving print indented for good. Put the original back.

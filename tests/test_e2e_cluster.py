@@ -122,7 +122,7 @@ def test_the_pipeline_runs_as_on_a_cluster_and_a_killed_fine_tune_resumes(
     # The killed method's model equals an uninterrupted fine-tune of the same inputs.
     reference = _uninterrupted_finetune(run, killed_method, work / "reference")
     resumed = _finetune_outputs(run.pipeline_root, killed_method)
-    assert [e.id_val for e in resumed["summary"].epochs] == [e.id_val for e in reference["summary"].epochs]
+    assert [e.id_val for e in resumed["summary"].history] == [e.id_val for e in reference["summary"].history]
     for name, tensor in reference["weights"].items():
         np.testing.assert_allclose(resumed["weights"][name], tensor, rtol=1e-5, atol=1e-6, err_msg=name)
 
