@@ -514,7 +514,11 @@ def test_the_mlflow_tree_spans_the_steps(config: AutoFTConfig, reported: dict[st
 
 
 def test_kfps_mlflow_integration_gives_the_same_tree(
-    work: Path, config: AutoFTConfig, common: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    work: Path,
+    config: AutoFTConfig,
+    common: dict[str, Any],
+    reported: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """KFP's integration makes the pipeline run and a nested run per task (a loop iteration one level
     deeper) and sets MLFLOW_RUN_ID to the task's run: the tree goes under KFP's run, never the task's."""
@@ -529,7 +533,14 @@ def test_kfps_mlflow_integration_gives_the_same_tree(
         **common, **other, candidate_method="autoft", step_image="x", prepared=artifact(Dataset, work, "prepared-kfp")
     )
     tree = _tree(config, kfp_parent)
-    assert set(tree["methods"]) == set(METHODS)
+    without_kfp = _tree(config, reported["mlflow_run_id"])  # the module's run: integration off
+    assert set(tree["methods"]) == set(without_kfp["methods"]) == set(METHODS)
+    # The same shape: each method run sits directly under the pipeline's run, with the same role and method.
+    for found, parent in ((tree, kfp_parent), (without_kfp, reported["mlflow_run_id"])):
+        shape = {
+            m: (r.data.tags["autoft.role"], r.data.tags["mlflow.parentRunId"]) for m, r in found["methods"].items()
+        }
+        assert shape == {m: ("method", parent) for m in METHODS}
     assert {r.data.tags["mlflow.parentRunId"] for r in tree["methods"].values()} == {kfp_parent}
     assert client.get_run(kfp_parent).data.tags["autoft.kfp_run_id"] == "run-kfp"
     assert "autoft.role" not in client.get_run(task).data.tags, "the task's run is not mistaken for the pipeline's"
