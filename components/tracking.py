@@ -404,7 +404,24 @@ class TrainingCurves:
 def _system_metrics(run_id: str, uri: str) -> Iterator[None]:
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-    monitor = SystemMetricsMonitor(run_id, sampling_interval=5, samples_before_logging=1, tracking_uri=uri)
+    class AtLeastOneSample(SystemMetricsMonitor):
+        """MLflow's monitor publishes only after a full sampling interval: a step shorter than that (a fast
+        fine-tune) would record no system metrics at all, so the last sample is published on finish."""
+
+        published = 0
+
+        def publish_metrics(self, metrics: dict[str, float]) -> None:
+            self.published += 1
+            super().publish_metrics(metrics)
+
+        def finish(self) -> None:
+            super().finish()
+            if not self.published:
+                self.collect_metrics()
+                self.publish_metrics(self.aggregate_metrics())
+                self.mlflow_logger.flush()
+
+    monitor = AtLeastOneSample(run_id, sampling_interval=5, samples_before_logging=1, tracking_uri=uri)
     monitor.start()
     try:
         yield

@@ -121,3 +121,14 @@ def test_local_sqlite_keeps_artifacts_beside_the_database(tmp_path: Path) -> Non
     runs = PipelineRuns.open(uri, "local", "kfp-local", start=True)
     location = MlflowClient(uri).get_experiment(runs.experiment_id).artifact_location
     assert location == (tmp_path / "runs" / "mlartifacts").as_uri()
+
+
+def test_a_step_shorter_than_one_sampling_interval_still_records_system_metrics(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runs = PipelineRuns.open(uri, "short", "kfp-short", start=True)
+    method = runs.method_run("ft", start=True)
+    with runs.system_metrics("ft"):
+        pass  # far under MLflow's 5 s sampling interval
+    metrics = MlflowClient(uri).get_run(method).data.metrics
+    assert any(key.startswith("system/cpu") for key in metrics)
+    assert any(key.startswith("system/system_memory") for key in metrics)
