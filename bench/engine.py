@@ -22,14 +22,12 @@ rounds" divides the fastest round of each (the cost with the least interference 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import random
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,6 +35,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from autoft.bench_cli import bench_main, bench_parser
 from autoft.config import FinetuneConfig
 from autoft.data.ds_digits import CLASS_NAMES, TEMPLATES, load_digit_images
 from autoft.data.images import ArrayImages, LabeledImages
@@ -296,7 +295,7 @@ def report(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--model", default="autoft-tiny-vit", help="open_clip config name (random weights)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (set explicitly: shared machines)")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -305,13 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--train-size", type=int, default=768)
     parser.add_argument("--ood-val-size", type=int, default=600)
-    parser.add_argument("--json", type=Path, help="also write the numbers here")
-    args = parser.parse_args(argv)
-    result = run(args)
-    print(report(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
-    return 0
+    return bench_main(parser, argv, run, report)
 
 
 if __name__ == "__main__":

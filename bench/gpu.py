@@ -20,7 +20,6 @@ check the script, not the hardware. MFU needs the device's peak bf16 FLOP/s: kno
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
+from autoft.bench_cli import bench_main, bench_parser
 from autoft.config import FinetuneConfig, SearchConfig
 from autoft.data.images import ArrayImages, FileImages
 from autoft.data.loaders import Batch, BatchStream, ImageBatches, InputSettings, epoch_batches
@@ -302,18 +302,12 @@ def report(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--cpu", action="store_true", help="measure the CPU path even where a GPU exists")
     parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="auto: on GPU only")
     parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, for MFU")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on CPU")
-    parser.add_argument("--json", type=Path, help="also write the numbers here")
-    args = parser.parse_args(argv)
-    result = run(args)
-    print(report(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
-    return 0
+    return bench_main(parser, argv, run, report)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import secrets
 import statistics
@@ -31,6 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import optuna
 
+from autoft.bench_cli import bench_main, bench_parser
 from autoft.config import AutoFTConfig, save_config, validate_config
 from autoft.distributed import available_cpus
 from autoft.search.space import SearchSpace
@@ -185,18 +185,12 @@ def report(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--workers", type=int, nargs="+", help="worker counts (default: 1, 2 and the CPU count)")
     parser.add_argument("--trials", type=int, default=12, help="the study's TOTAL budget in each run")
     parser.add_argument("--inner-steps", type=int, default=10)
     parser.add_argument("--postgres", default=os.environ.get("AUTOFT_TEST_POSTGRES_URL", ""), help="admin URL")
-    parser.add_argument("--json", type=Path, help="also write the numbers here")
-    args = parser.parse_args(argv)
-    result = run(args)
-    print(report(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
-    return 0
+    return bench_main(parser, argv, run, report)
 
 
 if __name__ == "__main__":

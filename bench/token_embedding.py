@@ -20,7 +20,6 @@ selection) and ms per step, for FLYP's objective and for all nine terms.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from autoft.bench_cli import bench_main, bench_parser
 from autoft.config import FinetuneConfig, resolve_config
 from autoft.contracts import PreparedData
 from autoft.data.loaders import ImageBatches, epoch_batches
@@ -155,17 +155,11 @@ def report(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="fine-tuning seeds")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", type=Path, help="also write the numbers here")
-    args = parser.parse_args(argv)
-    result = run(args)
-    print(report(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
-    return 0
+    return bench_main(parser, argv, run, report)
 
 
 if __name__ == "__main__":
