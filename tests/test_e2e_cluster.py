@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -103,7 +104,7 @@ def test_the_pipeline_runs_as_on_a_cluster_and_a_killed_fine_tune_resumes(
     assert config.data.root.startswith("gs://") and config.model.pretrained.startswith("gs://")
 
     # SIGKILL the first fine-tune that saved its first epoch durably: it dies inside its second epoch.
-    kill = KillOnLogLine(r"durable checkpoint of (\w+): epoch 1/", delay_s=1.0)
+    kill = KillOnLogLine(r"durable checkpoint of (\w+): epoch 1/", delay_s=0.3)
     run = run_like_a_cluster(config, pinned_image, services, work / "run", kill=kill, search_workers=2)
 
     # Every step ran from the pinned image, pulled by digest; exactly one container was killed (137) and retried.
@@ -113,7 +114,10 @@ def test_the_pipeline_runs_as_on_a_cluster_and_a_killed_fine_tune_resumes(
     assert len(run.killed) == 1
     killed_method = run.killed_line.split("durable checkpoint of ", 1)[1].split(":", 1)[0]
     log = run.log_path.read_text()
-    assert f"resumed {killed_method} from epoch 1" in log
+    # The retry resumes from the last epoch that reached durable storage before the kill: the first, or a
+    # later one when the kill signal lands after the next epoch's copy (a smoke epoch takes under a second).
+    resumed = re.findall(rf"resumed {killed_method} from epoch (\d+)", log)
+    assert len(resumed) == 1 and 1 <= int(resumed[0]) < EPOCHS, [line for line in log.splitlines() if "epoch" in line]
 
     check_results(run.results, list(config.methods))
     # Nothing on the host's run folder: results came from the report step's artifact.
