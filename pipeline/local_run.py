@@ -2,8 +2,9 @@
 
 The run folder receives what the in-process runner writes (config.yaml, results.json, report.md/.html,
 plots/, per-stage JSON) plus ``kfp/outputs`` (every artifact, models included), ``studies/`` (Optuna
-journals), ``mlflow.db`` and ``logs/kfp_local.log``. A failing step raises :class:`PipelineRunError`
-with that step's own log tail, not just kfp.local's "Inner task failed".
+journals), ``mlflow.db``, ``logs/kfp_local.log`` (kfp.local's whole stream) and ``logs/<task>.log`` (each
+task's). The console shows one line per task and progress bars. A failing step raises
+:class:`PipelineRunError` with that step's own log tail, not just kfp.local's "Inner task failed".
 """
 
 from __future__ import annotations
@@ -17,17 +18,22 @@ import re
 import shutil
 import sys
 import threading
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from components.runtime import STUDY_STORAGE_ENV, url_has_password
+from components.runtime import PROGRESS_MARK, STUDY_STORAGE_ENV, url_has_password
 from kfp import local
+from kfp.dsl.graph_component import GraphComponent
+from tqdm.auto import tqdm
 
 from autoft.config import AutoFTConfig, save_config
 from autoft.contracts import Results
+from autoft.threads import PARALLEL_TASKS_ENV
 from pipeline.autoft_pipeline import DEFAULT_SEARCH_WORKERS, build_pipeline, config_parameter
 from pipeline.cluster import ClusterSettings
 
@@ -36,7 +42,11 @@ ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 # kfp.local's own log lines (kfp==2.17.3, kfp/local/task_dispatcher.py), logged from the thread that
 # runs the task; tests/test_pipeline_local.py fails if a kfp upgrade changes them.
 TASK_START = re.compile(r"Executing task '([^']+)'")
-TASK_FAILED = re.compile(r"Task '([^']+)' finished with status FAILURE")
+TASK_FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
+TASK_SKIPPED = re.compile(r"Skipping (?:conditional )?task (\S+?):? \(?(?:upstream|condition)")
+# kfp.local runs at most this many loop iterations at once (kfp/local/orchestrator/enhanced_dag_orchestrator.py,
+# ParallelExecutor.conservative_max); the steps split the machine's cores between them.
+KFP_LOCAL_MAX_PARALLEL = 2
 # The orchestrator's own errors (e.g. resolving a loop's inputs), logged before any step output exists.
 ORCHESTRATION_FAILED = re.compile(r"Task (\S+) failed with exception: (.*)")
 
@@ -45,31 +55,94 @@ class PipelineRunError(RuntimeError):
     """A step of a kfp.local run failed; the message names it and shows the end of its log."""
 
 
+ITERATION = re.compile(r"^(.*)-iteration-(\d+)$")
+SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+@dataclass
+class TaskRecord:
+    """One task as the local runner saw it: wall seconds from its start to its end (process start-up,
+    imports and kfp.local's own work on its inputs and outputs included)."""
+
+    name: str
+    started: float
+    seconds: float | None = None
+    state: str = "RUNNING"
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def task_display_names(pipeline: GraphComponent) -> dict[str, str]:
+    """kfp.local's task names (the IR's task keys) mapped to the readable names the Kubeflow UI shows."""
+    spec = pipeline.pipeline_spec
+    names: dict[str, str] = {}
+    for dag in [spec.root.dag, *(component.dag for component in spec.components.values())]:
+        for key, task in dag.tasks.items():
+            names[key] = task.task_info.name or key
+    return names
+
+
+def display_name(task: str, names: dict[str, str]) -> str:
+    looped = ITERATION.match(task)
+    if looped:
+        return f"{names.get(looped.group(1), looped.group(1))} #{looped.group(2)}"
+    return names.get(task, task)
+
+
 class TaskLogCapture:
-    """Stands in for ``sys.stdout`` during a kfp.local run: writes everything to the log file (and the
-    console when ``echo``), and keeps the last lines of each running task, per thread.
+    """Stands in for ``sys.stdout`` during a kfp.local run.
+
+    Everything goes to the run's full log; each task's lines also go to ``logs/<task>.log`` (when
+    ``task_logs`` is a folder). The console (when given) gets a compact view: one line per finished
+    task (name, state, seconds) and progress bars for the search and fine-tuning, drawn from the
+    ``autoft-progress`` lines the steps print. ``verbose`` also echoes the full stream to the console.
 
     kfp.local prints a task's streamed output and its "Executing task" line from the thread that runs
     the task (parallel loop iterations run in a thread pool), so a thread's lines since its latest
     "Executing task" belong to that task.
     """
 
-    def __init__(self, log_file: TextIO, console: TextIO | None, tail_lines: int = TAIL_LINES) -> None:
+    def __init__(
+        self,
+        log_file: TextIO,
+        console: TextIO | None,
+        tail_lines: int = TAIL_LINES,
+        *,
+        task_logs: Path | None = None,
+        names: dict[str, str] | None = None,
+        verbose: bool = False,
+        bars: bool | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self._log = log_file
         self._console = console
+        self._verbose = verbose
+        # Progress bars on a terminal (None: when the console is one); a log file or pipe gets the task lines.
+        self._show_bars = console is not None and not verbose and (_is_terminal(console) if bars is None else bars)
+        self._task_logs = task_logs
+        self._names = names or {}
+        self._clock = clock
         self._lock = threading.Lock()
         self._partial: dict[int, str] = collections.defaultdict(str)
         self._task: dict[int, str] = {}
+        self._task_files: dict[str, TextIO] = {}
         self._tails: dict[int, collections.deque[str]] = collections.defaultdict(
             lambda: collections.deque(maxlen=tail_lines)
         )
+        self._bars: dict[str, tqdm] = {}
         self.failures: list[tuple[str, list[str]]] = []
+        self.tasks: dict[str, TaskRecord] = {}
 
     def write(self, text: str) -> int:
         thread = threading.get_ident()
         with self._lock:
             self._log.write(text)
-            if self._console is not None:
+            if self._verbose and self._console is not None:
                 self._console.write(text)
             pending = self._partial[thread] + text
             *lines, self._partial[thread] = pending.split("\n")
@@ -80,19 +153,105 @@ class TaskLogCapture:
     def _take(self, thread: int, line: str) -> None:
         started = TASK_START.search(line)
         if started:
-            self._task[thread] = started.group(1)
+            task = started.group(1)
+            self._task[thread] = task
             self._tails[thread].clear()
+            self.tasks[task] = TaskRecord(task, self._clock())
+            self._open_task_log(task)
+            self._task_line(task, line)
             return
-        failed = TASK_FAILED.search(line)
-        if failed:
-            self.failures.append((failed.group(1), list(self._tails[thread])))
+        task = self._task.get(thread)
+        if task is not None:
+            self._task_line(task, line)
+        finished = TASK_FINISHED.search(line)
+        if finished:
+            self._finish(finished.group(1), finished.group(2), thread)
+            return
+        skipped = TASK_SKIPPED.search(line)
+        if skipped:
+            self._say(f"{'skipped':>7}  {display_name(skipped.group(1), self._names)}")
             return
         orchestration = ORCHESTRATION_FAILED.search(line)
         if orchestration:
             self.failures.append((orchestration.group(1), [orchestration.group(2)]))
             return
-        if line.strip():
-            self._tails[thread].append(line.strip())
+        stripped = line.strip()
+        if stripped.startswith(PROGRESS_MARK):
+            self._progress(stripped.removeprefix(PROGRESS_MARK))
+        elif stripped:
+            self._tails[thread].append(stripped)
+
+    def task_log(self, task: str) -> Path | None:
+        return None if self._task_logs is None else self._task_logs / f"{SAFE_NAME.sub('_', task)}.log"
+
+    def _open_task_log(self, task: str) -> None:
+        path = self.task_log(task)
+        if path is None:
+            return
+        previous = self._task_files.pop(task, None)
+        if previous is not None:
+            previous.close()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._task_files[task] = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def _task_line(self, task: str, line: str) -> None:
+        handle = self._task_files.get(task)
+        if handle is not None:
+            handle.write(line + "\n")
+
+    def _finish(self, task: str, state: str, thread: int | None) -> None:
+        record = self.tasks.setdefault(task, TaskRecord(task, self._clock()))
+        if record.seconds is None:
+            record.seconds = round(self._clock() - record.started, 3)
+        record.state = state
+        if state != "SUCCESS" and thread is not None:
+            self.failures.append((task, list(self._tails[thread])))
+        shown = "ok" if state == "SUCCESS" else state
+        self._say(f"{shown:>7}  {display_name(task, self._names):<44} {record.seconds:7.1f} s")
+        handle = self._task_files.get(task)
+        if handle is not None:
+            handle.flush()
+
+    def _progress(self, payload: str) -> None:
+        try:
+            item = json.loads(payload)
+            bar_name, total, advance = str(item["bar"]), int(item["total"]), int(item.get("advance", 1))
+        except (ValueError, KeyError, TypeError):
+            return
+        if not self._show_bars:
+            return
+        bar = self._bars.get(bar_name)
+        if bar is None:
+            bar = self._bars[bar_name] = tqdm(
+                total=total, desc=f"{bar_name:<24}", unit="it", file=self._console, leave=False, dynamic_ncols=True
+            )
+        bar.update(advance)
+        bar.refresh()
+        if bar.n >= bar.total:
+            bar.close()
+            self._bars.pop(bar_name)
+
+    def _say(self, line: str) -> None:
+        if self._console is not None and not self._verbose:
+            tqdm.write(line, file=self._console)
+
+    def close(self) -> None:
+        """End the view: unfinished tasks are marked (a failed run stops them), bars and task logs closed."""
+        with self._lock:
+            for record in self.tasks.values():
+                if record.seconds is None:
+                    record.seconds = round(self._clock() - record.started, 3)
+                    record.state = "STOPPED"
+            for bar in self._bars.values():
+                bar.close()
+            self._bars.clear()
+            for handle in self._task_files.values():
+                handle.close()
+            self._task_files.clear()
+
+    def timing(self) -> dict[str, float]:
+        """Wall seconds of every task, as ``kfp/<task>`` keys for results.json."""
+        return {f"kfp/{name}": record.seconds or 0.0 for name, record in self.tasks.items()}
 
     def flush(self) -> None:
         with self._lock:
@@ -110,16 +269,26 @@ class TaskLogCapture:
         others = sorted({name for name, _ in self.failures[1:]} - {task})
         also = f" (also failed: {', '.join(others)})" if others else ""
         body = "\n".join(f"    {line.strip()}" for line in tail)
-        return f"pipeline step {task!r} failed{also}; the end of its log:\n{body}\nfull log: {log_path}"
+        own = self.task_log(task)
+        where = own if own is not None and own.is_file() else log_path
+        return f"pipeline step {task!r} failed{also}; the end of its log:\n{body}\nfull log: {where}"
 
 
 @contextmanager
-def _captured_output(log_path: Path, echo: bool) -> Iterator[TaskLogCapture]:
+def _captured_output(
+    log_path: Path, echo: bool, names: dict[str, str] | None = None, verbose: bool = False
+) -> Iterator[TaskLogCapture]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     original_stdout, original_print = sys.stdout, builtins.print
     root = logging.getLogger()
     with open(log_path, "w", encoding="utf-8") as log_file:
-        capture = TaskLogCapture(log_file, original_stdout if echo else None)
+        capture = TaskLogCapture(
+            log_file,
+            original_stdout if echo else None,
+            task_logs=log_path.parent,
+            names=names,
+            verbose=verbose,
+        )
         # kfp.local logs its orchestration errors through the root logger, outside any task's handler.
         handler = logging.StreamHandler(capture)
         handler.setLevel(logging.WARNING)
@@ -129,6 +298,7 @@ def _captured_output(log_path: Path, echo: bool) -> Iterator[TaskLogCapture]:
         try:
             yield capture
         finally:
+            capture.close()
             root.removeHandler(handler)
             # kfp.local's own loggers bound sys.stdout (the capture) while it was swapped in; the log file
             # closes below, so they would fail on every later record ("I/O operation on closed file").
@@ -181,14 +351,25 @@ def local_arguments(config: AutoFTConfig, run_dir: Path, search_workers: int) ->
     return arguments, env
 
 
-def _results_artifact(pipeline_root: Path, log_path: Path) -> Results:
+def _results_artifact(pipeline_root: Path, log_path: Path, timing: dict[str, float]) -> Results:
     """results.json as the report step's output artifact (``<root>/<run>/report/results``), copied here."""
     found = sorted(path for path in pipeline_root.rglob("results") if path.parent.name == "report" and path.is_file())
     if len(found) != 1:
         raise PipelineRunError(f"expected one report/results artifact under {pipeline_root}, found {found}; {log_path}")
     results = Results.load(found[0])
+    results.timing_s.update(timing)
     results.save(pipeline_root.parent.parent / "results.json")
     return results
+
+
+def local_parallel_tasks() -> int:
+    """How many tasks kfp.local runs at once (loop iterations; everything else runs one at a time)."""
+    try:
+        from kfp.local.orchestrator.enhanced_dag_orchestrator import ParallelExecutor
+
+        return max(1, int(ParallelExecutor().conservative_max))
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return KFP_LOCAL_MAX_PARALLEL
 
 
 def run_with_kfp_local(
@@ -202,6 +383,7 @@ def run_with_kfp_local(
     retries: bool = False,
     step_image: str | None = None,
     shared_run_folder: bool = True,
+    verbose: bool = False,
 ) -> Results:
     """Run the whole pipeline through kfp.local into ``run_dir``; returns the results (results.json).
 
@@ -214,7 +396,14 @@ def run_with_kfp_local(
     ``parameters`` sets other pipeline parameters (e.g. ``gate_min_gain``); the config, the folders and
     the study/MLflow locations are derived from ``config`` and ``run_dir``. ``runner`` defaults to
     subprocesses in this venv; pipeline/docker_run.py passes a DockerRunner (steps in the step image).
+
+    ``echo`` shows a compact view (a line per finished task with its wall seconds, bars for the search
+    and fine-tuning; ``verbose`` shows kfp.local's whole stream instead). Every task's full log lands in
+    ``logs/<task>.log``, the whole stream in ``logs/kfp_local.log``. results.json's ``timing_s`` gains
+    ``kfp/<task>`` (each task's wall seconds as this runner saw it: process start, imports, the step, and
+    kfp.local's handling of its inputs and outputs) and ``kfp_total`` (the whole kfp.local run).
     """
+    started = time.perf_counter()
     if search_workers < 1:
         raise ValueError(f"search_workers must be >= 1, got {search_workers}")
     run_dir = Path(run_dir).resolve()
@@ -243,7 +432,10 @@ def run_with_kfp_local(
 
     failure: RuntimeError | None = None
     # TMPDIR: kfp.local writes each step's program and leftovers to the temp dir; keep them in the run.
-    with _child_environment({"TMPDIR": str(tmp), **env}), _captured_output(log_path, echo) as capture:
+    # AUTOFT_PARALLEL_TASKS: the steps of a parallel loop share this machine's cores (autoft.threads).
+    child_env = {"TMPDIR": str(tmp), PARALLEL_TASKS_ENV: str(local_parallel_tasks()), **env}
+    names = task_display_names(pipeline)
+    with _child_environment(child_env), _captured_output(log_path, echo, names, verbose) as capture:
         local.init(
             runner=runner or local.SubprocessRunner(use_venv=False),
             pipeline_root=str(pipeline_root),
@@ -261,8 +453,9 @@ def run_with_kfp_local(
                 failure = error
     if failure is not None:
         raise PipelineRunError(capture.failure_report(str(failure), log_path)) from failure
+    timing = {**capture.timing(), "kfp_total": round(time.perf_counter() - started, 3)}
     if not shared_run_folder:
-        return _results_artifact(pipeline_root, log_path)
+        return _results_artifact(pipeline_root, log_path, timing)
     status_path = run_dir / "pipeline_status.json"
     status = json.loads(status_path.read_text()) if status_path.is_file() else {}
     if status.get("state") != "SUCCEEDED":
@@ -271,4 +464,7 @@ def run_with_kfp_local(
     if not results_path.is_file():
         raise PipelineRunError(f"the pipeline succeeded but wrote no {results_path}; full log: {log_path}")
     shutil.rmtree(tmp, ignore_errors=True)
-    return Results.load(results_path)
+    results = Results.load(results_path)
+    results.timing_s.update(timing)
+    results.save(results_path)
+    return results

@@ -61,9 +61,11 @@ def evaluate(
     from autoft.data.manifests import read_manifest
     from autoft.methods import is_wiseft, model_source
     from autoft.stages import stage_evaluate
+    from autoft.threads import configure_threads
     from components.runtime import load_step_config, method_model_folders
 
     config = load_step_config(config_yaml, config_overrides, methods)
+    configure_threads(parallel=None)  # locally the eval sets run side by side; they share the cores
     provided = {
         "ft": ft,
         "ft_wiseft": ft_wiseft,

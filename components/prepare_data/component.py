@@ -39,10 +39,12 @@ def prepare_data(
     """
     from autoft.config import save_config
     from autoft.stages import stage_prepare
+    from autoft.threads import configure_threads
     from components.runtime import check_candidate, load_step_config, open_runs, stopwatch
     from components.tracking import git_sha, package_version, run_url
 
     config = load_step_config(config_yaml, config_overrides, methods)
+    configure_threads()
     check_candidate(candidate_method, config.methods)
     runs = open_runs(
         config,
