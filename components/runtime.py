@@ -203,6 +203,25 @@ def method_model_folders(methods: list[str], zeroshot: str, provided: dict[str, 
     return folders
 
 
+# Eval sets in one evaluate task are joined by this (a shard); a single name is a shard of one.
+SHARD_SEPARATOR = ","
+
+
+def shard_eval_sets(eval_sets: list[str], shards: int) -> list[str]:
+    """The evaluate loop's items: one per eval set (``shards`` 0, a cluster's default: each set in its own
+    pod), or the sets dealt round-robin into ``shards`` groups (fewer task start-ups on one machine)."""
+    if shards < 0:
+        raise ConfigError(f"eval_shards must be >= 0 (0: one evaluate task per eval set), got {shards}")
+    if shards == 0 or shards >= len(eval_sets):
+        return list(eval_sets)
+    return [SHARD_SEPARATOR.join(eval_sets[index::shards]) for index in range(shards)]
+
+
+def shard_sets(item: str) -> list[str]:
+    """The eval set names of one evaluate loop item (see :func:`shard_eval_sets`)."""
+    return [name.strip() for name in item.split(SHARD_SEPARATOR) if name.strip()]
+
+
 # A line a step prints to report progress (a finished trial or epoch); kfp.local's runner draws bars from
 # them (pipeline/local_run.py), and on a cluster they are ordinary log lines.
 PROGRESS_MARK = "autoft-progress "

@@ -347,6 +347,8 @@ def local_arguments(config: AutoFTConfig, run_dir: Path, search_workers: int) ->
         "study_storage": storage or ("" if env else str(run_dir / "studies")),
         "mlflow_tracking_uri": config.tracking.mlflow_uri or f"sqlite:///{run_dir / 'mlflow.db'}",
         "output_dir": str(run_dir),
+        # One evaluate task per loop slot instead of one per eval set: the same work, fewer process start-ups.
+        "eval_shards": local_parallel_tasks(),
     }
     return arguments, env
 
