@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -312,6 +313,72 @@ def _captured_output(
             builtins.print = original_print
 
 
+# Steps whose work is far below their process start-up (Python, kfp and the config: ~3 s): a local run
+# executes them in this process, through kfp's own executor with the same executor input, instead of a
+# subprocess. The DAG, the components and their inputs and outputs are the same; a cluster runs each in a pod.
+INPROCESS_STEPS = ("create_study", "select_best")
+EXECUTOR_MODULE = "kfp.dsl.executor_main"
+
+
+def lightweight_call(full_command: list[str]) -> tuple[str, str, str] | None:
+    """(function name, component source, executor input JSON) of a lightweight Python component's command
+    (kfp/dsl/component_factory.py: ``sh -ec <script> <source> --executor_input X --function_to_execute F``)."""
+    if len(full_command) < 4 or full_command[0] != "sh" or EXECUTOR_MODULE not in full_command[2]:
+        return None
+    source, args = full_command[3], full_command[4:]
+    try:
+        executor_input = args[args.index("--executor_input") + 1]
+        function = args[args.index("--function_to_execute") + 1]
+    except (ValueError, IndexError):
+        return None
+    return function, source, executor_input
+
+
+def run_step_inprocess(function_name: str, source: str, executor_input: str) -> int:
+    """Run a component as kfp's executor_main would, in this process; 0 on success, 1 (traceback printed) else."""
+    import traceback
+    import types
+
+    from kfp.dsl import executor as component_executor
+
+    try:
+        module = types.ModuleType(f"autoft_inprocess_{function_name}")
+        exec(compile(source, f"<component {function_name}>", "exec"), module.__dict__)
+        executor = component_executor.Executor(
+            executor_input=json.loads(executor_input), function_to_execute=getattr(module, function_name)
+        )
+        executor.execute()
+    except BaseException as error:  # a step's failure, as a subprocess's exit status
+        if isinstance(error, KeyboardInterrupt):
+            raise
+        print("".join(traceback.format_exception(error)), end="")
+        return 1
+    return 0
+
+
+@contextmanager
+def _light_steps_inprocess(steps: tuple[str, ...]) -> Iterator[None]:
+    """kfp.local's subprocess launcher, with ``steps`` (component function names) run in this process."""
+    from kfp.local import subprocess_task_handler
+
+    original = subprocess_task_handler.run_local_subprocess
+
+    def launch(full_command: list[str], env_vars: dict[str, str] | None = None) -> int:
+        call = lightweight_call(full_command)
+        if call is None or call[0] not in steps:
+            return original(full_command=full_command, env_vars=env_vars)
+        with _child_environment(dict(env_vars or {})):
+            code = run_step_inprocess(*call)
+        print("\n")  # as kfp.local ends a subprocess's output
+        return code
+
+    subprocess_task_handler.run_local_subprocess = launch
+    try:
+        yield
+    finally:
+        subprocess_task_handler.run_local_subprocess = original
+
+
 @contextmanager
 def _child_environment(values: dict[str, str]) -> Iterator[None]:
     """Environment the step subprocesses inherit (kfp.local starts them with this process's env)."""
@@ -386,6 +453,7 @@ def run_with_kfp_local(
     step_image: str | None = None,
     shared_run_folder: bool = True,
     verbose: bool = False,
+    inprocess_steps: tuple[str, ...] = INPROCESS_STEPS,
 ) -> Results:
     """Run the whole pipeline through kfp.local into ``run_dir``; returns the results (results.json).
 
@@ -437,7 +505,12 @@ def run_with_kfp_local(
     # AUTOFT_PARALLEL_TASKS: the steps of a parallel loop share this machine's cores (autoft.threads).
     child_env = {"TMPDIR": str(tmp), PARALLEL_TASKS_ENV: str(local_parallel_tasks()), **env}
     names = task_display_names(pipeline)
-    with _child_environment(child_env), _captured_output(log_path, echo, names, verbose) as capture:
+    light = _light_steps_inprocess(inprocess_steps) if isinstance(runner, local.SubprocessRunner | None) else None
+    with (
+        _child_environment(child_env),
+        _captured_output(log_path, echo, names, verbose) as capture,
+        light or contextlib.nullcontext(),
+    ):
         local.init(
             runner=runner or local.SubprocessRunner(use_venv=False),
             pipeline_root=str(pipeline_root),

@@ -15,7 +15,14 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 from PIL import Image
-from pipeline.local_run import PipelineRunError, TaskLogCapture, local_arguments, run_with_kfp_local
+from pipeline.local_run import (
+    INPROCESS_STEPS,
+    PipelineRunError,
+    TaskLogCapture,
+    lightweight_call,
+    local_arguments,
+    run_with_kfp_local,
+)
 
 import browser
 from autoft.config import AutoFTConfig
@@ -268,3 +275,14 @@ def test_progress_lines_become_bars_on_a_terminal() -> None:
     capture.write("    autoft-progress not json\n")  # a malformed line is ignored
     assert "fine-tune ft" in console.getvalue() and "2/3" in console.getvalue()
     capture.close()
+
+
+def test_light_steps_are_recognised_in_kfps_own_command() -> None:
+    from components.create_study.component import create_study
+
+    container = create_study.component_spec.implementation.container
+    command = [*container.command, *[arg.replace("{{$}}", '{"inputs": {}}') for arg in container.args]]
+    function, source, executor_input = lightweight_call(command)
+    assert function == "create_study" and function in INPROCESS_STEPS
+    assert "def create_study(" in source and json.loads(executor_input) == {"inputs": {}}
+    assert lightweight_call(["python", "-c", "print(1)"]) is None
