@@ -57,6 +57,7 @@ class PipelineRunError(RuntimeError):
 
 
 ITERATION = re.compile(r"^(.*)-iteration-(\d+)$")
+LOOP_ITERATION = re.compile(r"for-loop-\d+-iteration-(\d+)")
 SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -88,7 +89,14 @@ def task_display_names(pipeline: GraphComponent) -> dict[str, str]:
     return names
 
 
+def _base_name(task: str) -> str:
+    return task.partition("#")[0]
+
+
 def display_name(task: str, names: dict[str, str]) -> str:
+    base, _, number = task.partition("#")
+    if number:
+        return f"{names.get(base, base)} #{number}"
     looped = ITERATION.match(task)
     if looped:
         return f"{names.get(looped.group(1), looped.group(1))} #{looped.group(2)}"
@@ -138,6 +146,7 @@ class TaskLogCapture:
         self._bars: dict[str, tqdm] = {}
         self.failures: list[tuple[str, list[str]]] = []
         self.tasks: dict[str, TaskRecord] = {}
+        self._launched = False  # the launcher reports tasks (begin/end); else kfp.local's log lines do
 
     def write(self, text: str) -> int:
         thread = threading.get_ident()
@@ -151,22 +160,40 @@ class TaskLogCapture:
                 self._take(thread, ANSI_ESCAPE.sub("", line))
         return len(text)
 
+    def begin(self, task: str) -> None:
+        """The launcher starts ``task`` in this thread (more reliable than kfp.local's log lines, which it
+        loses for parallel tasks: each resets the root logger's handlers and level when it ends)."""
+        with self._lock:
+            self._launched = True
+            self._start(threading.get_ident(), task)
+
+    def end(self, task: str, exit_code: int) -> None:
+        with self._lock:
+            self._finish(task, "SUCCESS" if exit_code == 0 else "FAILURE", threading.get_ident())
+
+    def _start(self, thread: int, task: str) -> None:
+        self._task[thread] = task
+        self._tails[thread].clear()
+        self.tasks[task] = TaskRecord(task, self._clock())
+        self._open_task_log(task)
+
     def _take(self, thread: int, line: str) -> None:
         started = TASK_START.search(line)
-        if started:
-            task = started.group(1)
-            self._task[thread] = task
-            self._tails[thread].clear()
-            self.tasks[task] = TaskRecord(task, self._clock())
-            self._open_task_log(task)
+        if started and not self._launched:
+            task = self._unique(started.group(1))
+            self._start(thread, task)
             self._task_line(task, line)
             return
         task = self._task.get(thread)
         if task is not None:
             self._task_line(task, line)
         finished = TASK_FINISHED.search(line)
+        if finished and self._launched:
+            return
         if finished:
-            self._finish(finished.group(1), finished.group(2), thread)
+            # kfp.local logs a loop's iterations under the task's name: this thread's task is the one.
+            name = task if task is not None and _base_name(task) == finished.group(1) else finished.group(1)
+            self._finish(name, finished.group(2), thread)
             return
         skipped = TASK_SKIPPED.search(line)
         if skipped:
@@ -181,6 +208,13 @@ class TaskLogCapture:
             self._progress(stripped.removeprefix(PROGRESS_MARK))
         elif stripped:
             self._tails[thread].append(stripped)
+
+    def _unique(self, name: str) -> str:
+        """``name``, or ``name#N`` for its N-th run (kfp.local names every loop iteration alike)."""
+        if name not in self.tasks:
+            return name
+        count = sum(1 for key in self.tasks if _base_name(key) == name)
+        return f"{name}#{count}"
 
     def task_log(self, task: str) -> Path | None:
         return None if self._task_logs is None else self._task_logs / f"{SAFE_NAME.sub('_', task)}.log"
@@ -318,6 +352,22 @@ def _captured_output(
 # subprocess. The DAG, the components and their inputs and outputs are the same; a cluster runs each in a pod.
 INPROCESS_STEPS = ("create_study", "select_best")
 EXECUTOR_MODULE = "kfp.dsl.executor_main"
+# How the other steps start: "fork" (default where fork exists and the steps run on the CPU) forks each from
+# this process after importing what they import once; "subprocess" starts a new interpreter, as kfp.local does.
+LAUNCH_ENV = "AUTOFT_LOCAL_LAUNCH"
+PRELOADED_MODULES = (
+    "kfp.dsl.executor",
+    "torch",
+    "autoft.stages",
+    "autoft.study_stages",
+    "autoft.report",
+    "components.runtime",
+    "components.tracking",
+    "sklearn.metrics",
+    "mlflow",
+    "mlflow.pyfunc",
+)
+BUILTIN_PRINT = builtins.print
 
 
 def lightweight_call(full_command: list[str]) -> tuple[str, str, str] | None:
@@ -343,7 +393,9 @@ def run_step_inprocess(function_name: str, source: str, executor_input: str) -> 
 
     try:
         module = types.ModuleType(f"autoft_inprocess_{function_name}")
-        exec(compile(source, f"<component {function_name}>", "exec"), module.__dict__)
+        # dont_inherit: this module's `from __future__ import annotations` would turn the step's annotations, which
+        # kfp's executor reads, into strings.
+        exec(compile(source, f"<component {function_name}>", "exec", dont_inherit=True), module.__dict__)
         executor = component_executor.Executor(
             executor_input=json.loads(executor_input), function_to_execute=getattr(module, function_name)
         )
@@ -356,20 +408,113 @@ def run_step_inprocess(function_name: str, source: str, executor_input: str) -> 
     return 0
 
 
+def preload_step_modules() -> None:
+    """Import what the steps import (torch, open_clip, MLflow, Optuna, sklearn...) once, before any fork."""
+    import importlib
+
+    for name in PRELOADED_MODULES:
+        importlib.import_module(name)
+
+
+def _reset_after_fork(env_vars: dict[str, str]) -> None:
+    """In a forked step: its own stdout/stderr (the pipe), print, logging and tqdm's lock, as in a new process."""
+    import io
+
+    from tqdm import std as tqdm_std
+
+    sys.stdout = io.TextIOWrapper(
+        io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="replace", line_buffering=True
+    )
+    sys.stderr = io.TextIOWrapper(
+        io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="replace", line_buffering=True
+    )
+    builtins.print = BUILTIN_PRINT
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for handler in list(getattr(logger, "handlers", [])):
+            if isinstance(getattr(handler, "stream", None), TaskLogCapture):
+                # Not setStream: it flushes the capture, whose lock another thread may have held at the fork.
+                handler.stream = sys.stdout
+    # kfp's executor_main logs to stdout at INFO (kfp/dsl/executor_main.py, _setup_logging).
+    logging.basicConfig(
+        stream=sys.stdout,
+        format="[KFP Executor %(asctime)s %(levelname)s]: %(message)s",
+        level=logging.INFO,
+        force=True,
+    )
+    # Another thread may have held tqdm's lock when this process forked; a disabled bar takes it too.
+    tqdm_std.tqdm.set_lock(tqdm_std.TqdmDefaultWriteLock())
+    tqdm.set_lock(tqdm_std.TqdmDefaultWriteLock())
+    os.environ.update(env_vars)
+    os.environ["_KFP_RUNTIME"] = "true"
+
+
+def run_step_forked(call: tuple[str, str, str], env_vars: dict[str, str]) -> int:
+    """Run a step in a child forked from this process (its modules already imported), streaming its output
+    like kfp.local streams a subprocess's; the child's exit status."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the step's own process
+        code = 1
+        try:
+            os.close(read_fd)
+            os.dup2(write_fd, 1)
+            os.dup2(write_fd, 2)
+            os.close(write_fd)
+            _reset_after_fork(env_vars)
+            code = run_step_inprocess(*call)
+        finally:
+            # Not logging.shutdown(): it flushes every handler ever made, the runner's capture among them.
+            with contextlib.suppress(BaseException):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)
+    os.close(write_fd)
+    with open(read_fd, encoding="utf-8", errors="replace") as stream:
+        for line in stream:
+            print(line, end="")
+    _, status = os.waitpid(pid, 0)
+    print("\n")  # as kfp.local ends a subprocess's output
+    return os.waitstatus_to_exitcode(status)
+
+
+def task_key(executor_input: str) -> str:
+    """A task's name from its executor input (kfp.local writes each task's output file in a folder named after
+    it, inside ``for-loop-N-iteration-I`` for a loop iteration): ``search-worker`` or ``search-worker#1``."""
+    try:
+        output_file = Path(json.loads(executor_input)["outputs"]["outputFile"])
+    except (ValueError, KeyError, TypeError):
+        return "step"
+    looped = LOOP_ITERATION.fullmatch(output_file.parent.parent.name)
+    return f"{output_file.parent.name}#{looped.group(1)}" if looped else output_file.parent.name
+
+
 @contextmanager
-def _light_steps_inprocess(steps: tuple[str, ...]) -> Iterator[None]:
-    """kfp.local's subprocess launcher, with ``steps`` (component function names) run in this process."""
+def _local_launcher(capture: TaskLogCapture, inprocess_steps: tuple[str, ...], fork: bool) -> Iterator[None]:
+    """kfp.local's subprocess launcher, with ``inprocess_steps`` (component function names) run in this
+    process and, with ``fork``, every other step in a child forked from it (no interpreter start-up, no
+    imports: ~3-6 s a step) instead of a new interpreter."""
     from kfp.local import subprocess_task_handler
 
     original = subprocess_task_handler.run_local_subprocess
 
     def launch(full_command: list[str], env_vars: dict[str, str] | None = None) -> int:
         call = lightweight_call(full_command)
-        if call is None or call[0] not in steps:
+        if call is None:
             return original(full_command=full_command, env_vars=env_vars)
-        with _child_environment(dict(env_vars or {})):
-            code = run_step_inprocess(*call)
-        print("\n")  # as kfp.local ends a subprocess's output
+        task = task_key(call[2])
+        capture.begin(task)
+        code = 1
+        try:
+            if call[0] in inprocess_steps:
+                with _child_environment(dict(env_vars or {})):
+                    code = run_step_inprocess(*call)
+                print("\n")  # as kfp.local ends a subprocess's output
+            elif fork:
+                code = run_step_forked(call, dict(env_vars or {}))
+            else:
+                code = original(full_command=full_command, env_vars=env_vars)
+        finally:
+            capture.end(task, code)
         return code
 
     subprocess_task_handler.run_local_subprocess = launch
@@ -431,6 +576,19 @@ def _results_artifact(pipeline_root: Path, log_path: Path, timing: dict[str, flo
     return results
 
 
+def fork_steps(config: AutoFTConfig) -> bool:
+    """Whether the local steps are forked from the runner (``$AUTOFT_LOCAL_LAUNCH``; by default on the CPU,
+    where fork exists: a process that touched CUDA cannot be forked safely)."""
+    choice = os.environ.get(LAUNCH_ENV, "").strip().lower()
+    if choice not in ("", "fork", "subprocess"):
+        raise ValueError(f"${LAUNCH_ENV} must be fork or subprocess, got {choice!r}")
+    if choice == "subprocess" or not hasattr(os, "fork"):
+        return False
+    from autoft.stages import resolve_device
+
+    return choice == "fork" or resolve_device(config).type == "cpu"
+
+
 def local_parallel_tasks() -> int:
     """How many tasks kfp.local runs at once (loop iterations; everything else runs one at a time)."""
     try:
@@ -454,6 +612,7 @@ def run_with_kfp_local(
     shared_run_folder: bool = True,
     verbose: bool = False,
     inprocess_steps: tuple[str, ...] = INPROCESS_STEPS,
+    fork: bool | None = None,
 ) -> Results:
     """Run the whole pipeline through kfp.local into ``run_dir``; returns the results (results.json).
 
@@ -505,11 +664,14 @@ def run_with_kfp_local(
     # AUTOFT_PARALLEL_TASKS: the steps of a parallel loop share this machine's cores (autoft.threads).
     child_env = {"TMPDIR": str(tmp), PARALLEL_TASKS_ENV: str(local_parallel_tasks()), **env}
     names = task_display_names(pipeline)
-    light = _light_steps_inprocess(inprocess_steps) if isinstance(runner, local.SubprocessRunner | None) else None
+    fork = fork_steps(config) if fork is None else fork
+    local_steps = isinstance(runner, local.SubprocessRunner | None)
+    if local_steps and fork:
+        preload_step_modules()
     with (
         _child_environment(child_env),
         _captured_output(log_path, echo, names, verbose) as capture,
-        light or contextlib.nullcontext(),
+        _local_launcher(capture, inprocess_steps, fork) if local_steps else contextlib.nullcontext(),
     ):
         local.init(
             runner=runner or local.SubprocessRunner(use_venv=False),

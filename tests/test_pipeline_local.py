@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -21,7 +22,9 @@ from pipeline.local_run import (
     TaskLogCapture,
     lightweight_call,
     local_arguments,
+    run_step_forked,
     run_with_kfp_local,
+    task_key,
 )
 
 import browser
@@ -64,10 +67,12 @@ def test_a_whole_run_passes_artifacts_between_all_steps(whole_run: tuple[Path, R
     # Every task's wall time as the runner saw it (start-up included), and the whole run's.
     tasks = {key.removeprefix("kfp/") for key in results.timing_s if key.startswith("kfp/")}
     assert {"prepare-data", "build-zeroshot", "create-study", "select-best", "finetune", "report", "gate"} <= tasks
-    assert {"search-worker-iteration-0", "search-worker-iteration-1", "register", "finalize"} <= tasks
+    # Loop iterations are told apart by their index; the evaluate loop runs in two shards.
+    assert {"search-worker#0", "search-worker#1", "evaluate#0", "evaluate#1", "register", "finalize"} <= tasks
     assert results.timing_s["kfp_total"] > sum(results.timing_s[f"kfp/{t}"] for t in ("prepare-data", "finetune"))
     for task in tasks:  # each task's own log
-        assert f"Executing task '{task}'" in (run_dir / "logs" / f"{task}.log").read_text(), task
+        assert (run_dir / "logs" / f"{task.replace('#', '_')}.log").read_text().strip(), task
+    assert "study trials" in (run_dir / "logs" / "search-worker_1.log").read_text()
     for name in ("report.md", "report.html", "plots/id_vs_ood.png", "config.yaml"):
         assert (run_dir / name).is_file(), name
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["methods"] == METHODS
@@ -286,3 +291,28 @@ def test_light_steps_are_recognised_in_kfps_own_command() -> None:
     assert function == "create_study" and function in INPROCESS_STEPS
     assert "def create_study(" in source and json.loads(executor_input) == {"inputs": {}}
     assert lightweight_call(["python", "-c", "print(1)"]) is None
+
+
+def test_a_forked_step_streams_its_output_and_reports_its_exit_status(tmp_path: Path, capsys) -> None:
+    ok = "def step():\n    import os\n    print('hello from', os.environ['AUTOFT_FORK_TEST'])\n"
+    out = tmp_path / "executor_output.json"
+    executor_input = json.dumps({"inputs": {}, "outputs": {"outputFile": str(out)}})
+    assert run_step_forked(("step", ok, executor_input), {"AUTOFT_FORK_TEST": "the child"}) == 0
+    assert "hello from the child" in capsys.readouterr().out
+    assert out.is_file()  # kfp's executor wrote the step's output file
+    assert "AUTOFT_FORK_TEST" not in os.environ  # the child's environment only
+
+    failing = "def step():\n    raise RuntimeError('boom in the step')\n"
+    assert run_step_forked(("step", failing, executor_input), {}) == 1
+    assert "RuntimeError: boom in the step" in capsys.readouterr().out
+
+
+def test_task_keys_come_from_the_task_output_folder() -> None:
+    def executor_input(path: str) -> str:
+        return json.dumps({"outputs": {"outputFile": path}})
+
+    assert task_key(executor_input("/r/autoft-1/prepare-data/executor_output.json")) == "prepare-data"
+    assert task_key(executor_input("/r/autoft-1/for-loop-2-iteration-1/search-worker/executor_output.json")) == (
+        "search-worker#1"
+    )
+    assert task_key("{}") == "step"
