@@ -506,7 +506,7 @@ def _local_launcher(capture: TaskLogCapture, inprocess_steps: tuple[str, ...], f
         code = 1
         try:
             if call[0] in inprocess_steps:
-                with _child_environment(dict(env_vars or {})):
+                with _child_environment(dict(env_vars or {})), _stderr_logs_to(sys.stdout):
                     code = run_step_inprocess(*call)
                 print("\n")  # as kfp.local ends a subprocess's output
             elif fork:
@@ -522,6 +522,23 @@ def _local_launcher(capture: TaskLogCapture, inprocess_steps: tuple[str, ...], f
         yield
     finally:
         subprocess_task_handler.run_local_subprocess = original
+
+
+@contextmanager
+def _stderr_logs_to(stream: TextIO) -> Iterator[None]:
+    """Loggers that write to stderr (Optuna's) write to ``stream`` (the capture) while an in-process step runs,
+    as a subprocess step's stderr is part of its log."""
+    moved = []
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for handler in getattr(logger, "handlers", []):
+            if type(handler) is logging.StreamHandler and handler.stream in (sys.stderr, sys.__stderr__):
+                moved.append((handler, handler.stream))
+                handler.stream = stream
+    try:
+        yield
+    finally:
+        for handler, original in moved:
+            handler.stream = original
 
 
 @contextmanager
