@@ -368,6 +368,7 @@ PRELOADED_MODULES = (
     "mlflow.pyfunc",
 )
 BUILTIN_PRINT = builtins.print
+_FORK_LOCK = threading.Lock()
 
 
 def lightweight_call(full_command: list[str]) -> tuple[str, str, str] | None:
@@ -451,8 +452,11 @@ def _reset_after_fork(env_vars: dict[str, str]) -> None:
 def run_step_forked(call: tuple[str, str, str], env_vars: dict[str, str]) -> int:
     """Run a step in a child forked from this process (its modules already imported), streaming its output
     like kfp.local streams a subprocess's; the child's exit status."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
+    with _FORK_LOCK:  # no other step forks while this pipe's write end is open here (it would inherit it)
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid != 0:
+            os.close(write_fd)
     if pid == 0:  # the step's own process
         code = 1
         try:
@@ -468,7 +472,6 @@ def run_step_forked(call: tuple[str, str, str], env_vars: dict[str, str]) -> int
                 sys.stdout.flush()
                 sys.stderr.flush()
             os._exit(code)
-    os.close(write_fd)
     with open(read_fd, encoding="utf-8", errors="replace") as stream:
         for line in stream:
             print(line, end="")
