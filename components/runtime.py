@@ -7,6 +7,7 @@ the pipeline parameters, computed here the same way in every step, never passed 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -200,6 +201,58 @@ def method_model_folders(methods: list[str], zeroshot: str, provided: dict[str, 
             raise ValueError(f"no model artifact was passed for method {method!r}; the pipeline wiring is wrong")
         folders[method] = Path(path)
     return folders
+
+
+# Eval sets in one evaluate task are joined by this (a shard); a single name is a shard of one.
+SHARD_SEPARATOR = ","
+
+
+def shard_eval_sets(eval_sets: list[str], shards: int) -> list[str]:
+    """The evaluate loop's items: one per eval set (``shards`` 0, a cluster's default: each set in its own
+    pod), or the sets dealt round-robin into ``shards`` groups (fewer task start-ups on one machine)."""
+    if shards < 0:
+        raise ConfigError(f"eval_shards must be >= 0 (0: one evaluate task per eval set), got {shards}")
+    if shards == 0 or shards >= len(eval_sets):
+        return list(eval_sets)
+    return [SHARD_SEPARATOR.join(eval_sets[index::shards]) for index in range(shards)]
+
+
+def shard_sets(item: str) -> list[str]:
+    """The eval set names of one evaluate loop item (see :func:`shard_eval_sets`)."""
+    return [name.strip() for name in item.split(SHARD_SEPARATOR) if name.strip()]
+
+
+# A line a step prints to report progress (a finished trial or epoch); kfp.local's runner draws bars from
+# them (pipeline/local_run.py), and on a cluster they are ordinary log lines.
+PROGRESS_MARK = "autoft-progress "
+
+
+def report_progress(bar: str, total: int, advance: int = 1) -> None:
+    """One unit of work done on ``bar`` (e.g. "search autoft"), which counts to ``total``."""
+    print(PROGRESS_MARK + json.dumps({"bar": bar, "total": total, "advance": advance}), flush=True)
+
+
+def trial_progress(method: str, total: int) -> Any:
+    """An Optuna callback reporting each finished trial of ``method``'s search (``total``: the whole budget)."""
+
+    def after_trial(study: Any, trial: Any) -> None:
+        report_progress(f"search {method}", total)
+
+    return after_trial
+
+
+class EpochProgress:
+    """A training observer that passes everything to ``inner`` and reports each finished epoch."""
+
+    def __init__(self, inner: Any, bar: str, total: int) -> None:
+        self.inner, self.bar, self.total = inner, bar, total
+
+    def on_step(self, step: int, values: Any) -> None:
+        self.inner.on_step(step, values)
+
+    def on_epoch(self, epoch: int, values: Any) -> None:
+        self.inner.on_epoch(epoch, values)
+        report_progress(self.bar, self.total)
 
 
 # The methods whose model the gate can promote to the registry (the register step wires these two).

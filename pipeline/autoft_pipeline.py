@@ -75,6 +75,7 @@ def build_pipeline(config: AutoFTConfig, settings: ClusterSettings | None = None
         registered_model: str = "",
         output_dir: str = "",
         checkpoint_root: str = "",
+        eval_shards: int = 0,
     ):
         """AutoFT on Kubeflow: search, fine-tune, evaluate on every shift, report, and register a winner.
 
@@ -104,6 +105,8 @@ def build_pipeline(config: AutoFTConfig, settings: ClusterSettings | None = None
                 epoch is saved under <root>/<run id>/<method>, so a retried or preempted fine-tune resumes from its
                 last epoch. Empty uses AUTOFT_CHECKPOINT_ROOT from the ConfigMap autoft-pipeline-config, then
                 output_dir/checkpoints; with neither, a retry starts from epoch 0.
+            eval_shards: Evaluate tasks. 0 runs one per eval set (each in its own pod, side by side); N deals the
+                eval sets into N tasks, which saves process start-ups where tasks share one machine (kfp.local).
         """
         common = {"config_yaml": config_yaml, "config_overrides": config_overrides, "methods": methods}
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
@@ -121,7 +124,11 @@ def build_pipeline(config: AutoFTConfig, settings: ClusterSettings | None = None
 
         with dsl.ExitHandler(cleanup, name="autoft-run"):
             prepare = prepare_data(
-                **common, **tracked, candidate_method=candidate_method, step_image=settings.step_image
+                **common,
+                **tracked,
+                candidate_method=candidate_method,
+                step_image=settings.step_image,
+                eval_shards=eval_shards,
             )
             with_mlflow(with_datasets(step(prepare, "prepare data", settings.prepare, settings), settings))
             prepared = prepare.outputs["prepared"]
@@ -178,7 +185,8 @@ def build_pipeline(config: AutoFTConfig, settings: ClusterSettings | None = None
                     output = "wiseft_model" if source.kind == "wiseft" else "model"
                     models[method] = tuned[source.finetuned].outputs[output]
 
-            # Evaluation: every method on every eval set (ID val/test, OOD-val, each OOD test shift).
+            # Evaluation: every method on every eval set (ID val/test, OOD-val, each OOD test shift), one task per
+            # set or per shard of sets (eval_shards).
             with dsl.ParallelFor(prepare.outputs["Output"], name="eval-sets") as eval_set:
                 evaluation = evaluate(
                     **common,

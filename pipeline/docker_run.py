@@ -313,8 +313,9 @@ def run_with_kfp_docker(
     from components.image import STEP_IMAGE
 
     from autoft.paths import default_cache_dir
+    from autoft.threads import PARALLEL_TASKS_ENV
     from pipeline.autoft_pipeline import DEFAULT_SEARCH_WORKERS
-    from pipeline.local_run import local_arguments, run_with_kfp_local
+    from pipeline.local_run import local_arguments, local_parallel_tasks, run_with_kfp_local
 
     client = docker_client()
     try:
@@ -334,7 +335,8 @@ def run_with_kfp_docker(
         cache_dir,
         user=user or f"{os.getuid()}:{os.getgid()}",
         network_mode=network_mode,
-        environment={**secret_env, **(environment or {})},
+        # The containers share this machine's cores as subprocess steps do (autoft.threads).
+        environment={PARALLEL_TASKS_ENV: str(local_parallel_tasks()), **secret_env, **(environment or {})},
     )
     start = time.perf_counter()
     with ExitCodeGuard() as guard:

@@ -55,3 +55,24 @@ def test_engine_benchmark_reports_every_path(tmp_path: Path) -> None:
     assert {"ce: final fine-tuning path", "nine: inner loop", "bare loop"} <= set(result["median_ms"])
     assert set(result["speed_vs_bare"]) == {name for name in result["median_ms"] if name.startswith(("ce:", "nine:"))}
     assert all(value > 0 for value in result["median_ms"].values())
+
+
+def test_orchestration_benchmark_pairs_the_runners_per_round() -> None:
+    bench = _bench("orchestration")
+
+    def run(runner: str, seconds: float, code: int = 0) -> dict:
+        timing = {"prepare": 1.0, "kfp/prepare-data": 3.0, "kfp_total": seconds} if runner == "kfp" else {}
+        return {"runner": runner, "seconds": seconds, "exit_code": code, "timing_s": timing, "console_lines": 20}
+
+    rounds = [
+        {"order": ["kfp", "inprocess"], "kfp": run("kfp", 120.0), "inprocess": run("inprocess", 100.0)},
+        {"order": ["inprocess", "kfp"], "kfp": run("kfp", 130.0), "inprocess": run("inprocess", 90.0)},
+        {"order": ["kfp", "inprocess"], "kfp": run("kfp", 1.0, code=1), "inprocess": run("inprocess", 90.0)},
+    ]
+    summary = bench.summarize(rounds)
+    assert summary["rounds_ok"] == 2 and summary["ratios"] == [1.2, 1.444]
+    assert summary["ratio_median"] == 1.322 and summary["ratio_best_rounds"] == round(120 / 90, 3)
+    text = bench.markdown(
+        {"preset": "smoke", "date": "d", "machine": "m", "cpus": 2, "argv": [], "rounds": rounds, "summary": summary}
+    )
+    assert "Median ratio 1.32" in text and "| prepare-data | 3.0 |" in text

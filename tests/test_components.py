@@ -33,6 +33,8 @@ from components.runtime import (
     load_step_config,
     method_model_folders,
     run_scoped,
+    shard_eval_sets,
+    shard_sets,
     study_storage_reference,
     study_storage_url,
 )
@@ -414,6 +416,54 @@ def test_evaluate_scores_every_method_and_logs_the_confusion_matrix(evaluations:
     assert sum(sum(row["row"]) for row in matrix["rows"]) == sum(
         sum(row) for row in payload["models"]["autoft"]["confusion"]
     )
+
+
+def test_evaluate_scores_a_shard_of_eval_sets_as_their_own_tasks_would(
+    work: Path,
+    common: dict[str, Any],
+    prepared: tuple[Dataset, list[str]],
+    zeroshot: Model,
+    tuned: dict[str, dict[str, Any]],
+    evaluations: dict[str, dict[str, Any]],
+) -> None:
+    sets = ["id_val", "invert"]
+    outputs = {
+        "results": artifact(Artifact, work, "eval_shard"),
+        "eval_metrics": artifact(Metrics, work, "eval_shard_metrics"),
+        "confusion": artifact(ClassificationMetrics, work, "eval_shard_confusion"),
+    }
+    evaluate.python_func(
+        **common,
+        eval_set=",".join(sets),
+        candidate_method="autoft",
+        prepared=prepared[0],
+        zeroshot=zeroshot,
+        **model_inputs(tuned),
+        **outputs,
+    )
+    folder = Path(outputs["results"].path)
+    assert sorted(path.name for path in folder.iterdir()) == ["id_val.json", "invert.json"]
+    for name in sets:
+        alone = json.loads(Path(evaluations[name]["results"].path).read_text())
+        together = json.loads((folder / f"{name}.json").read_text())
+        assert together["models"] == alone["models"] and together["wiseft_curves"] == alone["wiseft_curves"]
+        assert outputs["eval_metrics"].metadata[f"{name}/autoft.accuracy"] == alone["models"]["autoft"]["value"]
+    assert outputs["confusion"].metadata["eval_set"] == "id_val"
+
+
+def test_eval_shards_deal_the_sets_round_robin() -> None:
+    sets = ["id_val", "id_test", "ood_val", "a", "b"]
+    assert shard_eval_sets(sets, 0) == sets and shard_eval_sets(sets, 9) == sets
+    assert shard_eval_sets(sets, 2) == ["id_val,ood_val,b", "id_test,a"]
+    assert [name for item in shard_eval_sets(sets, 3) for name in shard_sets(item)] == [
+        "id_val",
+        "a",
+        "id_test",
+        "b",
+        "ood_val",
+    ]
+    with pytest.raises(ConfigError, match="eval_shards"):
+        shard_eval_sets(sets, -1)
 
 
 def test_evaluate_fails_when_a_method_has_no_model(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -15,7 +16,16 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 from PIL import Image
-from pipeline.local_run import PipelineRunError, TaskLogCapture, local_arguments, run_with_kfp_local
+from pipeline.local_run import (
+    INPROCESS_STEPS,
+    PipelineRunError,
+    TaskLogCapture,
+    lightweight_call,
+    local_arguments,
+    run_step_forked,
+    run_with_kfp_local,
+    task_key,
+)
 
 import browser
 from autoft.config import AutoFTConfig
@@ -54,6 +64,15 @@ def test_a_whole_run_passes_artifacts_between_all_steps(whole_run: tuple[Path, R
     assert results.search["autoft"].trials_complete == 2
     assert set(results.wiseft_curves["autoft"]) == {"0.00", "1.00"}
     assert {"prepare", "search_autoft", "finetune_autoft", "evaluate"} <= set(results.timing_s)
+    # Every task's wall time as the runner saw it (start-up included), and the whole run's.
+    tasks = {key.removeprefix("kfp/") for key in results.timing_s if key.startswith("kfp/")}
+    assert {"prepare-data", "build-zeroshot", "create-study", "select-best", "finetune", "report", "gate"} <= tasks
+    # Loop iterations are told apart by their index; the evaluate loop runs in two shards.
+    assert {"search-worker#0", "search-worker#1", "evaluate#0", "evaluate#1", "register", "finalize"} <= tasks
+    assert results.timing_s["kfp_total"] > sum(results.timing_s[f"kfp/{t}"] for t in ("prepare-data", "finetune"))
+    for task in tasks:  # each task's own log
+        assert (run_dir / "logs" / f"{task.replace('#', '_')}.log").read_text().strip(), task
+    assert "study trials" in (run_dir / "logs" / "search-worker_1.log").read_text()
     for name in ("report.md", "report.html", "plots/id_vs_ood.png", "config.yaml"):
         assert (run_dir / name).is_file(), name
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["methods"] == METHODS
@@ -90,9 +109,8 @@ def test_mlflow_holds_the_run_tree(whole_run: tuple[Path, Results]) -> None:
     trials = runs[runs["tags.autoft.role"] == "trial"]
     assert len(trials) == 2 and set(trials["tags.mlflow.parentRunId"]) == {methods.loc["autoft", "run_id"]}
     # The pipeline run spans the pipeline: it started in the first step and ended in the last.
-    assert (pipeline["end_time"].iloc[0] - pipeline["start_time"].iloc[0]).total_seconds() > max(
-        results.timing_s.values()
-    )
+    stages = [seconds for key, seconds in results.timing_s.items() if not key.startswith("kfp")]
+    assert (pipeline["end_time"].iloc[0] - pipeline["start_time"].iloc[0]).total_seconds() > max(stages)
 
 
 @pytest.mark.slow
@@ -217,3 +235,84 @@ def test_orchestration_errors_are_reported_as_failures() -> None:
     capture = TaskLogCapture(io.StringIO(), console=None)
     capture.write("ERROR Task for-loop-2-iteration-0 failed with exception: Parent input 'x' not found.\n")
     assert capture.failures == [("for-loop-2-iteration-0", ["Parent input 'x' not found."])]
+
+
+def test_the_console_gets_one_line_per_task_and_each_task_its_own_log(tmp_path: Path) -> None:
+    console, log = io.StringIO(), io.StringIO()
+    now = [100.0]
+    names = {"search-worker": "search worker: autoft", "prepare-data": "prepare data"}
+    capture = TaskLogCapture(log, console, task_logs=tmp_path / "logs", names=names, clock=lambda: now[0])
+    capture.write("12:00:00.000 - INFO - Executing task \x1b[96m'prepare-data'\x1b[0m\n")
+    capture.write("    Downloading nothing\n")
+    now[0] += 4.25
+    capture.write("12:00:04.000 - INFO - Task \x1b[96m'prepare-data'\x1b[0m finished with status \x1b[92mSUCCESS\n")
+    capture.write("12:00:04.000 - INFO - Executing task \x1b[96m'search-worker-iteration-1'\x1b[0m\n")
+    capture.write('    autoft-progress {"bar": "search autoft", "total": 4, "advance": 1}\n')
+    capture.write("    a traceback line\n")
+    now[0] += 2.0
+    capture.write("12:00:06 - ERROR - Task \x1b[96m'search-worker-iteration-1'\x1b[0m finished with status FAILURE\n")
+    capture.write("12:00:06.000 - INFO - Skipping conditional task condition-7 (condition evaluated to False)\n")
+    capture.close()
+
+    shown = console.getvalue()
+    assert "Downloading" not in shown and "Executing" not in shown  # the stream stays in the logs
+    assert [line.split() for line in shown.splitlines() if line.strip()] == [
+        ["ok", "prepare", "data", "4.2", "s"],
+        ["FAILURE", "search", "worker:", "autoft", "#1", "2.0", "s"],
+        ["skipped", "condition-7"],
+    ]
+    assert capture.timing() == {"kfp/prepare-data": 4.25, "kfp/search-worker-iteration-1": 2.0}
+    assert "Downloading nothing" in (tmp_path / "logs" / "prepare-data.log").read_text()
+    worker_log = (tmp_path / "logs" / "search-worker-iteration-1.log").read_text()
+    assert "a traceback line" in worker_log and "Downloading" not in worker_log
+    assert capture.failures == [("search-worker-iteration-1", ["a traceback line"])]
+    report = capture.failure_report("Pipeline failed", tmp_path / "logs" / "kfp_local.log")
+    assert "search-worker-iteration-1.log" in report and "a traceback line" in report
+    assert "Downloading nothing" in log.getvalue()  # the full log keeps everything
+
+
+def test_progress_lines_become_bars_on_a_terminal() -> None:
+    console = io.StringIO()
+    capture = TaskLogCapture(io.StringIO(), console, bars=True)
+    capture.write("12:00:00.000 - INFO - Executing task \x1b[96m'finetune'\x1b[0m\n")
+    for _ in range(2):
+        capture.write('    autoft-progress {"bar": "fine-tune ft", "total": 3, "advance": 1}\n')
+    capture.write("    autoft-progress not json\n")  # a malformed line is ignored
+    assert "fine-tune ft" in console.getvalue() and "2/3" in console.getvalue()
+    capture.close()
+
+
+def test_light_steps_are_recognised_in_kfps_own_command() -> None:
+    from components.create_study.component import create_study
+
+    container = create_study.component_spec.implementation.container
+    command = [*container.command, *[arg.replace("{{$}}", '{"inputs": {}}') for arg in container.args]]
+    function, source, executor_input = lightweight_call(command)
+    assert function == "create_study" and function in INPROCESS_STEPS
+    assert "def create_study(" in source and json.loads(executor_input) == {"inputs": {}}
+    assert lightweight_call(["python", "-c", "print(1)"]) is None
+
+
+def test_a_forked_step_streams_its_output_and_reports_its_exit_status(tmp_path: Path, capsys) -> None:
+    ok = "def step():\n    import os\n    print('hello from', os.environ['AUTOFT_FORK_TEST'])\n"
+    out = tmp_path / "executor_output.json"
+    executor_input = json.dumps({"inputs": {}, "outputs": {"outputFile": str(out)}})
+    assert run_step_forked(("step", ok, executor_input), {"AUTOFT_FORK_TEST": "the child"}) == 0
+    assert "hello from the child" in capsys.readouterr().out
+    assert out.is_file()  # kfp's executor wrote the step's output file
+    assert "AUTOFT_FORK_TEST" not in os.environ  # the child's environment only
+
+    failing = "def step():\n    raise RuntimeError('boom in the step')\n"
+    assert run_step_forked(("step", failing, executor_input), {}) == 1
+    assert "RuntimeError: boom in the step" in capsys.readouterr().out
+
+
+def test_task_keys_come_from_the_task_output_folder() -> None:
+    def executor_input(path: str) -> str:
+        return json.dumps({"outputs": {"outputFile": path}})
+
+    assert task_key(executor_input("/r/autoft-1/prepare-data/executor_output.json")) == "prepare-data"
+    assert task_key(executor_input("/r/autoft-1/for-loop-2-iteration-1/search-worker/executor_output.json")) == (
+        "search-worker#1"
+    )
+    assert task_key("{}") == "step"

@@ -26,9 +26,11 @@ def build_zeroshot(
         zeroshot: Output folder: model.safetensors and model_card.json.
     """
     from autoft.stages import stage_zeroshot
+    from autoft.threads import configure_threads
     from components.runtime import load_step_config, stopwatch
 
     config = load_step_config(config_yaml, config_overrides, methods)
+    configure_threads()
     with stopwatch() as timing:
         stage_zeroshot(config, prepared.path, zeroshot.path)
     zeroshot.metadata.update(

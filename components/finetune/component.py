@@ -58,13 +58,15 @@ def finetune(
     from autoft.durable import CHECKPOINT_ROOT_ENV, DurableCheckpoints
     from autoft.methods import hparams_source
     from autoft.stages import finetune_hparams, stage_finetune
-    from components.runtime import load_step_config, move_into, open_runs
+    from autoft.threads import configure_threads
+    from components.runtime import EpochProgress, load_step_config, move_into, open_runs
 
     config = load_step_config(config_yaml, config_overrides, methods)
+    configure_threads()
     config.check_method(method, purpose="finetune")
     chosen = finetune_hparams(method, {hparams_source(method): Path(hparams.path)})
     runs = open_runs(config, mlflow_tracking_uri, output_dir, run_id)
-    curves = runs.training_observer(method)
+    curves = EpochProgress(runs.training_observer(method), f"fine-tune {method}", config.finetune.epochs)
     # Epoch checkpoints and both models are written to scratch space first; only the two models and the
     # summary become artifacts (TMPDIR may point at a larger volume on a cluster).
     scratch = Path(tempfile.mkdtemp(prefix=f"autoft-finetune-{method}-"))

@@ -17,8 +17,10 @@ def prepare_data(
     output_dir: str,
     step_image: str,
     prepared: Output[Dataset],
+    eval_shards: int = 0,
 ) -> list[str]:
-    """Validate the config and prepare the data; returns the eval set names (one evaluate task each).
+    """Validate the config and prepare the data; returns the evaluate loop's items: the eval set names (one
+    evaluate task each), or with ``eval_shards`` that many comma-joined groups of them.
 
     The prepared folder holds split manifests (paths or URIs plus labels) and the OOD-val subset; large
     datasets stay where they are and are referenced. Every bad parameter is reported here, before any
@@ -36,14 +38,19 @@ def prepare_data(
         output_dir: Optional local or mounted folder of the run (SQLite tracking lives there locally).
         step_image: The image the steps run in (fixed at compile time; a digest when deployed).
         prepared: Output folder: data.json (the index of splits) and one manifest per split.
+        eval_shards: Evaluate tasks: 0 for one per eval set (a cluster: each in its own pod, all at once); N
+            deals the sets into N tasks (one machine: fewer process start-ups; kfp.local runs 2 at a time).
     """
     from autoft.config import save_config
     from autoft.stages import stage_prepare
-    from components.runtime import check_candidate, load_step_config, open_runs, stopwatch
+    from autoft.threads import configure_threads
+    from components.runtime import check_candidate, load_step_config, open_runs, shard_eval_sets, stopwatch
     from components.tracking import git_sha, package_version, run_url
 
     config = load_step_config(config_yaml, config_overrides, methods)
+    configure_threads()
     check_candidate(candidate_method, config.methods)
+    shard_eval_sets([], eval_shards)  # a bad value fails before any compute
     runs = open_runs(
         config,
         mlflow_tracking_uri,
@@ -79,4 +86,4 @@ def prepare_data(
             "seconds": timing["seconds"],
         }
     )
-    return data.eval_sets
+    return shard_eval_sets(list(data.eval_sets), eval_shards)

@@ -91,7 +91,12 @@ def report(
     )
     searches = {m: SearchResult.load(a.path) for m, a in search_inputs.items()}
     finetunes = {m: FinetuneSummary.load(a.path) for m, a in finetune_inputs.items()}
-    evaluations = [EvalResult.load(a.path) for a in evals]
+    # An evaluate task's results: one JSON, or a folder of them when it scored a shard of eval sets.
+    evaluations = [
+        EvalResult.load(path)
+        for a in evals
+        for path in (sorted(Path(a.path).glob("*.json")) if Path(a.path).is_dir() else [Path(a.path)])
+    ]
     by_set = {e.eval_set: e for e in evaluations}
     timing = {
         "prepare": float(prepared.metadata.get("seconds", 0.0)),

@@ -45,12 +45,14 @@ def search_worker(
     """
     from autoft.errors import ConfigError
     from autoft.stages import stage_search
-    from components.runtime import load_step_config, open_runs, run_scoped, study_storage_url
+    from autoft.threads import configure_threads
+    from components.runtime import load_step_config, open_runs, run_scoped, study_storage_url, trial_progress
 
     config = run_scoped(load_step_config(config_yaml, config_overrides, methods), run_id)
     expected = config.search_for(method).study_name
     if study_name != expected:
         raise ConfigError(f"work item names study {study_name!r} but this run's {method} study is {expected!r}")
+    configure_threads(parallel=workers)  # locally the workers share this machine's cores
     runs = open_runs(config, mlflow_tracking_uri, output_dir, run_id)
     counts = stage_search(
         config,
@@ -61,7 +63,7 @@ def search_worker(
         worker_index=worker_index,
         workers=workers,
         progress=False,
-        trial_callbacks=[runs.trial_logger(method)],
+        trial_callbacks=[runs.trial_logger(method), trial_progress(method, config.search_for(method).n_trials)],
     )
     print(f"search {method} worker {worker_index}: study trials {counts}")
     return counts["complete"] + counts["pruned"]

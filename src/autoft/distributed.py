@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+import autoft.threads
 from autoft.errors import ConfigError
 
 
@@ -117,10 +118,7 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 def available_cpus() -> int:
     """The cores this process may run on (the container's share, not the host's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    return autoft.threads.available_cpus()
 
 
 @contextmanager

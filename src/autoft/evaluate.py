@@ -1,6 +1,8 @@
 """Predictions and metrics: accuracy, macro-F1, worst-group accuracy, negative cross-entropy.
 
-Metrics come from scikit-learn so they agree with WILDS' evaluators (which also use sklearn).
+Metrics come from scikit-learn so they agree with WILDS' evaluators (which also use sklearn); it is imported
+where a metric needs it (a search trial scores accuracy, and a step that never needs sklearn skips its ~1-3 s
+import).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from tqdm.auto import tqdm
 
 from autoft.data.images import NO_GROUP, LabeledImages
@@ -89,11 +90,15 @@ def predict(
 
 
 def accuracy(pred: Predictions) -> float:
+    from sklearn.metrics import accuracy_score
+
     return float(accuracy_score(pred.labels, pred.predicted))
 
 
 def macro_f1(pred: Predictions) -> float:
     """Macro-F1 over the classes present in the labels (WILDS' `F1-macro_all` convention)."""
+    from sklearn.metrics import f1_score
+
     return float(f1_score(pred.labels, pred.predicted, average="macro", labels=np.unique(pred.labels), zero_division=0))
 
 
@@ -135,4 +140,6 @@ def all_metrics(pred: Predictions) -> dict[str, float]:
 
 def confusion(pred: Predictions, num_classes: int) -> np.ndarray:
     """[true, predicted] counts over all classes of the head, for reports."""
+    from sklearn.metrics import confusion_matrix
+
     return confusion_matrix(pred.labels, pred.predicted, labels=np.arange(num_classes))
