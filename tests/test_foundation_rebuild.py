@@ -1,14 +1,18 @@
 """The shipped digits foundation model is reproduced by its recipe.
 
 Pretraining runs on one intra-op thread with every random stream seeded from the recipe, so a build is
-bitwise deterministic on CPU (docs/results/regime.md: three builds, one SHA-256). Two checks:
+bitwise deterministic on one machine (docs/results/regime.md: three builds, one SHA-256). Across
+machines it need not be: float kernels differ with the CPU's vector ISA (torch dispatches AVX2 or
+AVX512 code), so the card records torch's version and, for builds from now on, the CPU capability
+(``pretrain.build_environment``). Checks:
 
-* the prefix: the first 200 steps of the default recipe, in-process (about 25 s), reproduce the
-  smoothed loss the shipped model card recorded at steps 100 and 200 when the shipped model was built;
-* the full rebuild (``slow``; about 5-7 min on one thread, so it stays in ``make test``: the suite's
-  CI budget is 20 min): the whole recipe in a fresh subprocess with one thread gives the shipped file's
-  SHA-256. Bitwise equality needs the torch version of the build (the card records it); with another
-  torch the test compares zero-shot accuracy on the digits ID test split instead (within 1 point).
+* the prefix (about 30-40 s in-process): the first 200 steps of the default recipe reproduce the
+  smoothed loss the card recorded at steps 100 and 200 when the shipped model was built: exactly (4
+  decimals) in the build's environment, within 1e-3 elsewhere;
+* the full rebuild (``slow``; 5-7 min on one thread, so it stays in ``make test``: the suite's CI budget
+  is 20 min): the whole recipe in a fresh subprocess with one thread gives the shipped file's SHA-256
+  in the build's environment; elsewhere, the rebuilt and the shipped model's zero-shot accuracy on the
+  digits ID test split (data seed 0) agree within 1 point, and their OOD avg within 2 points.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import pytest
 import torch
 
 from autoft.models import pretrain
-from autoft.models.pretrain import DEFAULT_RECIPE, file_sha256, shipped_model_path
+from autoft.models.pretrain import DEFAULT_RECIPE, build_environment, file_sha256, shipped_model_path
 
 PREFIX_STEPS = 200
 
@@ -35,12 +39,22 @@ def _card() -> dict:
     return json.loads(shipped.with_suffix(".json").read_text())
 
 
+def same_environment(card: dict) -> bool:
+    """Whether this process can expect the card's build bitwise (cards before the capability field: unknown)."""
+    return all(card.get(key) == value for key, value in build_environment().items())
+
+
 def test_first_steps_of_the_recipe_reproduce_the_recorded_loss() -> None:
     card = _card()
     recorded = [tuple(point) for point in card["loss_history"] if point[0] <= PREFIX_STEPS]
     assert [step for step, _ in recorded] == [100, 200]
     result = pretrain.pretrain_clip(DEFAULT_RECIPE, progress=False, stop_after=PREFIX_STEPS)
-    assert result.loss_history == recorded  # smoothed loss, rounded to 4 decimals when the card was written
+    if same_environment(card):
+        assert result.loss_history == recorded  # smoothed loss, rounded to 4 decimals when the card was written
+    else:
+        # Measured on an AVX2 machine against the shipped card: 4.8045 / 4.5429 vs 4.8045 / 4.543.
+        assert [s for s, _ in result.loss_history] == [s for s, _ in recorded]
+        assert all(abs(a - b) <= 1e-3 for (_, a), (_, b) in zip(result.loss_history, recorded, strict=True))
 
 
 def test_stop_after_is_a_prefix_of_the_same_run() -> None:
@@ -79,10 +93,12 @@ def test_full_rebuild_reproduces_the_shipped_model(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     built = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"full rebuild: {built['seconds']} s, sha256 {built['sha256']}")
-    if torch.__version__ == card["torch"]:
-        assert built["sha256"] == card["sha256"] == file_sha256(shipped_model_path(DEFAULT_RECIPE))
+    shipped = shipped_model_path(DEFAULT_RECIPE)
+    assert shipped is not None and card["sha256"] == file_sha256(shipped)
+    if same_environment(card):
+        assert built["sha256"] == card["sha256"]
         return
-    # Another torch may sum floats in another order: the model must still be the same model.
+    # Other kernels sum floats in another order: the bits differ, the model must still be the same model.
     from autoft.config import resolve_config
     from autoft.data.manifests import load_split
     from autoft.data.transforms import eval_transform

@@ -489,6 +489,11 @@ def pretrain_clip(
 # ----------------------------------------------------------------------------------------------
 
 
+def build_environment() -> dict[str, str]:
+    """What a bitwise-identical rebuild must share with the build: torch and the CPU kernels it dispatches to."""
+    return {"torch": torch.__version__, "cpu_capability": str(torch.backends.cpu.get_cpu_capability())}
+
+
 def foundation_model_path(cache_dir: Path, recipe: PretrainRecipe = DEFAULT_RECIPE) -> Path:
     """Where the cache keeps the weights of ``recipe`` (the name holds the recipe's hash)."""
     return Path(cache_dir) / CACHE_SUBDIR / f"{recipe.model_name}-digits-{recipe.key()}.safetensors"
@@ -564,6 +569,8 @@ def foundation_model(
             "caption_kinds": result.caption_kinds,
             "loss_history": result.loss_history,
             "torch": torch.__version__,
+            # Float kernels differ by ISA (AVX2, AVX512): a bitwise rebuild needs the same torch AND capability.
+            "cpu_capability": build_environment()["cpu_capability"],
         }
         atomic_write_text(path.with_suffix(".json"), json.dumps(record, indent=1))
         save_state_dict(result.state, path)  # written last: its presence marks a complete build
