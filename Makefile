@@ -55,7 +55,7 @@ browser-deps:  ## install chromium + chromium-driver from Debian when missing (r
 mlflow-screenshot: setup browser-deps  ## check the MLflow UI of `make run`'s runs in Chromium; screenshot to docs/images/
 	HF_HUB_OFFLINE=1 $(BIN)/python tests/mlflow_screenshot.py runs/mlflow.db docs/images
 
-bench: setup  ## robustness over 3 seeds -> docs/results/digits.md; loss-term kernels
+bench: setup  ## robustness over 5 seeds (paired CIs) -> docs/results/robustness/; loss-term kernels
 	$(BIN)/python bench/loss_terms.py
 	$(BIN)/python bench/robustness.py
 
