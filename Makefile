@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup run test lint format compile mlflow-ui bench clean help browser-deps mlflow-screenshot
+.PHONY: setup run test test-rebuild lint format compile mlflow-ui bench clean help browser-deps mlflow-screenshot
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -25,6 +25,9 @@ run: setup  ## run the whole pipeline locally on the built-in benchmark (ARGS=..
 
 test: setup  ## run the test suite
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(ARGS)
+
+test-rebuild: setup  ## rebuild the shipped foundation model from its recipe and check it (10-15 min, one thread)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m rebuild -s tests/test_foundation_rebuild.py
 
 lint: setup  ## ruff check and ruff format --check
 	$(BIN)/ruff check src components pipeline tests bench
@@ -52,7 +55,7 @@ browser-deps:  ## install chromium + chromium-driver from Debian when missing (r
 mlflow-screenshot: setup browser-deps  ## check the MLflow UI of `make run`'s runs in Chromium; screenshot to docs/images/
 	HF_HUB_OFFLINE=1 $(BIN)/python tests/mlflow_screenshot.py runs/mlflow.db docs/images
 
-bench: setup  ## robustness over 3 seeds -> docs/results/digits.md; loss-term kernels
+bench: setup  ## robustness over 5 seeds (paired CIs) -> docs/results/robustness/; loss-term kernels
 	$(BIN)/python bench/loss_terms.py
 	$(BIN)/python bench/robustness.py
 

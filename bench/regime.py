@@ -20,6 +20,12 @@ It writes ``regime.md``, ``regime.json`` and ``regime.png`` (ID vs OOD in probit
     PYTHONPATH=src:. OMP_NUM_THREADS=1 .venv/bin/python bench/regime.py --recipe default
     ... --recipe v1 --finetune epochs=10 --seeds 0 --lrs 1e-4 3e-4 1e-3   # a cheaper look at another design
     ... --recipe default --set pretrain_seed=1 --name default-pseed1      # any recipe field can be overridden
+    ... --export-reference-line docs/results/regime/regime.json   # only rewrite the shipped line from a result
+
+The reference line (slope, intercept, the OOD shifts and severity it averages, provenance) ships as
+``src/autoft/data/reference_lines/digits.json``; a run of the default recipe over the default data
+rewrites it (``--no-export`` to keep it), and ``--export-reference-line`` rewrites it from a saved
+``regime.json`` without running anything. ``autoft.effective_robustness`` reads it.
 """
 
 from __future__ import annotations
@@ -441,6 +447,45 @@ def plot(name: str, result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+REFERENCE_LINE_FILE = REPO / "src" / "autoft" / "data" / "reference_lines" / "digits.json"
+
+
+def reference_line_payload(result: dict[str, Any]) -> dict[str, Any]:
+    """The shipped reference line (``autoft.effective_robustness.ReferenceLine``) from a regime result."""
+    refs = result["reference"]
+    shifts = list(result["zeroshot"]["ood"])
+    return {
+        "dataset": "digits",
+        "space": result["fit"]["space"],
+        "slope": result["fit"]["slope"],
+        "intercept": result["fit"]["intercept"],
+        "r2": result["fit"]["r2"],
+        "x": "id_test",
+        "y": "ood_avg",
+        "metric": "accuracy",
+        "ood_tests": shifts,
+        "conditions": {"ood_test_severity": result.get("ood_test_severity", 3)},
+        "provenance": {
+            "script": "bench/regime.py",
+            "fit": f"least squares in probit space (accuracies clipped to [{PROBIT_CLIP}, {1 - PROBIT_CLIP}])",
+            "models": (
+                f"{len(refs)} random-init {result['recipe']['model_name']} models, cross-entropy on digits "
+                f"id_train (data seed 0), AdamW lr {REFERENCE_LR:g} wd {WEIGHT_DECAY}, batch "
+                f"{result['finetune']['batch_size']}, best ID-val epoch"
+            ),
+            "epochs": [r["epochs"] for r in refs],
+            "points": [{"epochs": r["epochs"], "id_test": r["id_test"], "ood_avg": r["ood_avg"]} for r in refs],
+            "data_seed": 0,
+            "docs": "docs/results/regime.md",
+        },
+    }
+
+
+def export_reference_line(result: dict[str, Any], path: Path = REFERENCE_LINE_FILE) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(path, json.dumps(reference_line_payload(result), indent=1) + "\n")
+
+
 def parse_value(text: str) -> Any:
     try:
         return json.loads(text)
@@ -468,7 +513,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lrs", type=float, nargs="+", default=list(LR_GRID))
     parser.add_argument("--name", help="label in the report (default: the recipe name)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "regime")
+    parser.add_argument("--no-export", action="store_true", help="do not rewrite the shipped reference line")
+    parser.add_argument(
+        "--export-reference-line",
+        type=Path,
+        metavar="REGIME_JSON",
+        help="rewrite the shipped reference line from a saved regime.json and exit",
+    )
     args = parser.parse_args(argv)
+    if args.export_reference_line:
+        print(f"wrote {export_reference_line(json.loads(args.export_reference_line.read_text()))}")
+        return 0
     torch.set_num_threads(1)
     recipe = build_recipe(args.recipe, args.overrides)
     name = args.name or args.recipe
@@ -478,6 +533,10 @@ def main(argv: list[str] | None = None) -> int:
     result = measure(recipe, bench, args.seeds, args.lrs, out)
     result["name"] = name
     result["lr_grid"] = list(args.lrs)
+    result["ood_test_severity"] = bench.data.extra.get("ood_test_severity")
+    if not args.no_export and not args.finetune and bench.data.extra.get("seed") == 0:
+        # The line depends on the data and the architecture, not on the recipe's pretraining.
+        print(f"wrote {export_reference_line(result)}")
     atomic_write_text(out / "regime.json", json.dumps(result, indent=1))
     report = markdown(name, result)
     atomic_write_text(out / "regime.md", report)

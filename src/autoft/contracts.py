@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Self
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from autoft.atomic import atomic_write_text
+from autoft.effective_robustness import ReferenceLine
 from autoft.errors import DataError
 from autoft.hparams import Hyperparams
 
@@ -206,6 +207,11 @@ class MethodResult(BaseModel):
     ood_avg: float | None = Field(description="mean over the OOD test shifts; None when the data has none")
     hparams: Hyperparams | None = None
     wiseft_alpha: float | None = None
+    effective_robustness: float | None = Field(
+        None,
+        description="OOD avg minus the dataset's reference line at this ID test value (Taori et al. 2020), "
+        "a difference of fractions; None when no shipped reference line applies to the run",
+    )
 
 
 class SearchSummary(BaseModel):
@@ -233,3 +239,6 @@ class Results(Contract):
     search: dict[str, SearchSummary] = Field(default_factory=dict)
     wiseft_curves: dict[str, dict[str, CurvePoint]] = Field(default_factory=dict)
     timing_s: dict[str, float] = Field(default_factory=dict)
+    reference_line: ReferenceLine | None = Field(
+        None, description="the line the methods' effective robustness is measured against (None: none applies)"
+    )

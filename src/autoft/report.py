@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: reports are rendered in containers and CI
 import matplotlib.pyplot as plt
+import numpy as np
 
 from autoft.atomic import atomic_path, atomic_write_text
 from autoft.contracts import (
@@ -23,6 +24,7 @@ from autoft.contracts import (
     SearchResult,
     SearchSummary,
 )
+from autoft.effective_robustness import reference_line_for
 from autoft.errors import DataError
 from autoft.methods import base_of, is_wiseft
 from autoft.search_insight import importances, plot_search
@@ -44,18 +46,22 @@ def assemble_results(
     missing = [name for name in ("id_val", "id_test", *ood_tests) if name not in evals]
     if missing:
         raise DataError(f"cannot assemble results: no evaluation of {missing}")
+    line = reference_line_for(data, metric)
     table: dict[str, MethodResult] = {}
     for method in methods:
         ood = {shift: evals[shift].models[method].value for shift in ood_tests}
         finetune = finetunes.get(base_of(method))
         search = searches.get(method)
+        id_test = evals["id_test"].models[method].value
+        ood_avg = sum(ood.values()) / len(ood) if ood else None
         table[method] = MethodResult(
             id_val=evals["id_val"].models[method].value,
-            id_test=evals["id_test"].models[method].value,
+            id_test=id_test,
             ood=ood,
-            ood_avg=sum(ood.values()) / len(ood) if ood else None,
+            ood_avg=ood_avg,
             hparams=finetune.hparams if finetune else (search.hparams if search else None),
             wiseft_alpha=finetune.wiseft.best_alpha if finetune and is_wiseft(method) else None,
+            effective_robustness=line.effective_robustness(id_test, ood_avg) if line and ood_avg is not None else None,
         )
     curves: dict[str, dict[str, CurvePoint]] = {}
     for method, points in evals["id_test"].wiseft_curves.items():
@@ -80,6 +86,7 @@ def assemble_results(
         },
         wiseft_curves=curves,
         timing_s=timing_s,
+        reference_line=line,
     )
 
 
@@ -87,15 +94,38 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
+def _points(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:+.1f}"
+
+
 def format_table(results: Results) -> str:
-    """The results as a Markdown table (percentages), methods in run order; '-' where a number does not exist."""
+    """The results as a Markdown table (percentages), methods in run order; '-' where a number does not exist.
+
+    With a reference line the last column is each method's effective robustness, in points.
+    """
     shifts = list(next(iter(results.methods.values())).ood) if results.methods else []
-    header = ["method", "ID val", "ID test", *shifts, "OOD avg"]
+    with_er = results.reference_line is not None
+    header = ["method", "ID val", "ID test", *shifts, "OOD avg", *(["ER"] if with_er else [])]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, row in results.methods.items():
         cells = [row.id_val, row.id_test, *(row.ood[s] for s in shifts), row.ood_avg]
-        rows.append("| " + " | ".join([method, *(_percent(v) for v in cells)]) + " |")
+        er = [_points(row.effective_robustness)] if with_er else []
+        rows.append("| " + " | ".join([method, *(_percent(v) for v in cells), *er]) + " |")
     return "\n".join(rows)
+
+
+def _reference_line_lines(results: Results) -> list[str]:
+    line = results.reference_line
+    if line is None:
+        return []
+    return [
+        "",
+        f"ER = effective robustness (Taori et al. 2020), in points: OOD avg minus what models trained on the "
+        f"{line.dataset} ID data alone reach at the same ID test {line.metric}, from the shipped reference line "
+        f"{line.space}(OOD avg) = {line.slope:.3f} * {line.space}(ID test) {line.intercept:+.3f}"
+        + (f" (R^2 {line.r2:.3f})" if line.r2 is not None else "")
+        + f"; {line.provenance.get('docs', 'see its provenance in results.json')}.",
+    ]
 
 
 def _save_figure(fig: plt.Figure, path: Path) -> None:
@@ -119,11 +149,16 @@ def plot_id_vs_ood(results: Results, path: Path) -> Path | None:
         x, y = 100 * row.id_test, 100 * row.ood_avg  # type: ignore[operator]
         ax.scatter(x, y, s=45, zorder=3)
         ax.annotate(method, (x, y), fontsize=8, xytext=(4, 3), textcoords="offset points")
+    line = results.reference_line
+    if line is not None:
+        low, high = ax.get_xlim()
+        xs = np.linspace(max(low, 1.0), min(high, 99.0), 50)
+        ax.plot(xs, [100 * line.predict(x / 100) for x in xs], "k--", lw=1, label="reference line (ER = 0)")
     ax.set_xlabel(f"ID test {results.metric} (%)")
     ax.set_ylabel(f"OOD average {results.metric} (%)")
     ax.set_title("ID vs OOD: every method, with WiSE-FT curves")
     ax.grid(alpha=0.3)
-    if results.wiseft_curves:
+    if results.wiseft_curves or line is not None:
         ax.legend(fontsize=7, loc="best")
     _save_figure(fig, path)
     return path
@@ -188,6 +223,7 @@ def write_report(
             f"**{results.ood_val_set}**. OOD avg = mean over the OOD test shifts.",
             "",
             format_table(results),
+            *_reference_line_lines(results),
             "",
             "## Chosen hyperparameters",
             *_hparams_lines(results),

@@ -403,10 +403,15 @@ def _batch_rows(corpus_sizes: tuple[int, int], recipe: PretrainRecipe, rng: np.r
     return np.concatenate(rows)
 
 
-def pretrain_clip(recipe: PretrainRecipe = DEFAULT_RECIPE, progress: bool = True) -> PretrainResult:
+def pretrain_clip(
+    recipe: PretrainRecipe = DEFAULT_RECIPE, progress: bool = True, stop_after: int | None = None
+) -> PretrainResult:
     """Contrastively pretrain ``recipe.model_name`` from scratch on the pretraining corpus.
 
     A function of the recipe alone (``recipe.pretrain_seed`` seeds everything), never of a run seed.
+    ``stop_after`` ends after that many steps of the SAME run (the lr schedule still spans
+    ``recipe.steps``): the first steps of a full build, for checking a build against its recorded
+    loss history without the whole build.
     """
     started, cpu_started = time.monotonic(), time.process_time()
     seed = recipe.pretrain_seed
@@ -428,7 +433,8 @@ def pretrain_clip(recipe: PretrainRecipe = DEFAULT_RECIPE, progress: bool = True
         max_log_scale = math.log(100.0)
         running: float | None = None
         history: list[tuple[int, float]] = []
-        bar = tqdm(range(recipe.steps), desc=f"pretraining {recipe.model_name} (seed {seed})", disable=not progress)
+        steps = recipe.steps if stop_after is None else min(stop_after, recipe.steps)
+        bar = tqdm(range(steps), desc=f"pretraining {recipe.model_name} (seed {seed})", disable=not progress)
         for step in bar:
             batch = _batch_rows(sizes, recipe, rng)
             views, applied = augment_batch(corpus.images[batch], recipe, rng)
@@ -461,7 +467,7 @@ def pretrain_clip(recipe: PretrainRecipe = DEFAULT_RECIPE, progress: bool = True
             running = value if running is None else 0.98 * running + 0.02 * value
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{running:.3f}")
-            if (step + 1) % 100 == 0 or step + 1 == recipe.steps:
+            if (step + 1) % 100 == 0 or step + 1 == steps:
                 history.append((step + 1, round(running, 4)))
         bar.close()
         model.token_embedding.sparse = False
@@ -481,6 +487,11 @@ def pretrain_clip(recipe: PretrainRecipe = DEFAULT_RECIPE, progress: bool = True
 # ----------------------------------------------------------------------------------------------
 # Cache
 # ----------------------------------------------------------------------------------------------
+
+
+def build_environment() -> dict[str, str]:
+    """What a bitwise-identical rebuild must share with the build: torch and the CPU kernels it dispatches to."""
+    return {"torch": torch.__version__, "cpu_capability": str(torch.backends.cpu.get_cpu_capability())}
 
 
 def foundation_model_path(cache_dir: Path, recipe: PretrainRecipe = DEFAULT_RECIPE) -> Path:
@@ -558,6 +569,8 @@ def foundation_model(
             "caption_kinds": result.caption_kinds,
             "loss_history": result.loss_history,
             "torch": torch.__version__,
+            # Float kernels differ by ISA (AVX2, AVX512): a bitwise rebuild needs the same torch AND capability.
+            "cpu_capability": build_environment()["cpu_capability"],
         }
         atomic_write_text(path.with_suffix(".json"), json.dumps(record, indent=1))
         save_state_dict(result.state, path)  # written last: its presence marks a complete build
