@@ -26,7 +26,7 @@ run: setup  ## run the whole pipeline locally on the built-in benchmark (ARGS=..
 test: setup  ## run the test suite
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(ARGS)
 
-test-rebuild: setup  ## rebuild the shipped foundation model from its recipe and check it (10-15 min, one thread)
+test-rebuild: setup  ## only the foundation-model rebuild check (part of `make test` too; ~10 min, one thread)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m rebuild -s tests/test_foundation_rebuild.py
 
 lint: setup  ## ruff check and ruff format --check

@@ -23,6 +23,9 @@ from autoft.data.images import ArrayImages
 from autoft.data.transforms import eval_transform, train_transform
 from autoft.models.classifier import CLIPClassifier, build_zeroshot_classifier
 from autoft.models.factory import ImageSpec
+from rebuild_job import REBUILD_TEST, RebuildJob
+
+REBUILD_JOB = pytest.StashKey[RebuildJob]()
 
 TINY_MODEL = "autoft-tiny-vit"
 IMAGE_SIZE = 32
@@ -126,3 +129,27 @@ def eval_tf(image_spec: ImageSpec) -> Callable[[torch.Tensor], torch.Tensor]:
 @pytest.fixture(scope="session")
 def train_tf(image_spec: ImageSpec) -> Callable[[torch.Tensor], torch.Tensor]:
     return train_transform(image_spec)
+
+
+@pytest.hookimpl(trylast=True)  # after -m/-k deselection: start the rebuild only when its test will run
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rebuild = [item for item in items if item.name == REBUILD_TEST]
+    if rebuild:
+        # The rebuild runs in the background from now on (one thread); its test goes last and collects it.
+        items[:] = [item for item in items if item.name != REBUILD_TEST] + rebuild
+        config.stash[REBUILD_JOB] = RebuildJob.start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    job = session.config.stash.get(REBUILD_JOB, None)
+    if job is not None:
+        job.stop()
+
+
+@pytest.fixture
+def rebuild_job(request: pytest.FixtureRequest) -> RebuildJob:
+    """The session's background rebuild (started at collection; started here when collected otherwise)."""
+    job = request.config.stash.get(REBUILD_JOB, None)
+    if job is None:
+        job = request.config.stash[REBUILD_JOB] = RebuildJob.start()
+    return job

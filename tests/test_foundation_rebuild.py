@@ -9,23 +9,18 @@ AVX512 code), so the card records torch's version and, for builds from now on, t
 * the prefix (about 30-40 s in-process): the first 200 steps of the default recipe reproduce the
   smoothed loss the card recorded at steps 100 and 200 when the shipped model was built: exactly (4
   decimals) in the build's environment, within 1e-3 elsewhere;
-* the full rebuild (marker ``rebuild``, deselected by default; ``make test-rebuild``): the whole recipe
-  in a fresh subprocess with one thread gives the shipped file's SHA-256 in the build's environment,
-  or the SHA-256 recorded for this environment in ``weights/rebuilds.json``; and the rebuilt and the
-  shipped model's zero-shot accuracy on the digits ID test split (data seed 0) agree within 1 point
-  (OOD avg within 5: the AVX2 rebuild is 3.0 points below the shipped model there). Not in ``make
-  test`` because it took 903 s wall (about 610 s CPU) on one thread of this shared 2-core AVX2 machine,
-  twice what the regime build measured elsewhere (311-407 s), and the suite already takes about 8 min
-  of the 20-min CI budget.
+* the full rebuild (marker ``rebuild``; part of ``make test``, ``make test-rebuild`` runs it alone): the
+  whole recipe in a fresh subprocess with one thread gives the shipped file's SHA-256 in the build's
+  environment, or the SHA-256 recorded for this environment in ``weights/rebuilds.json``; and the
+  rebuilt and the shipped model's zero-shot accuracy on the digits ID test split (data seed 0) agree
+  within 1 point (OOD avg within 5: the AVX2 rebuild is 3.0 points below the shipped model there). It
+  took 903 s wall (about 610 s CPU) on one thread of this shared 2-core AVX2 machine, so the session
+  starts it in the background at collection (``tests/rebuild_job.py``) and runs its test last.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -33,6 +28,7 @@ import torch
 
 from autoft.models import pretrain
 from autoft.models.pretrain import DEFAULT_RECIPE, build_environment, file_sha256, shipped_model_path
+from rebuild_job import RebuildJob
 
 PREFIX_STEPS = 200
 
@@ -70,18 +66,6 @@ def test_stop_after_is_a_prefix_of_the_same_run() -> None:
     assert not all(torch.equal(two.state[k], full.state[k]) for k in two.state)
 
 
-REBUILD = textwrap.dedent(
-    """
-    import json, sys
-    from pathlib import Path
-    from autoft.models.pretrain import DEFAULT_RECIPE, file_sha256, foundation_model
-    path = foundation_model(Path(sys.argv[1]), progress=False, recipe=DEFAULT_RECIPE, use_shipped=False)
-    record = json.loads(path.with_suffix(".json").read_text())
-    print(json.dumps({"path": str(path), "sha256": file_sha256(path), "seconds": record["build_seconds"]}))
-    """
-)
-
-
 def _rebuilds() -> dict:
     shipped = shipped_model_path(DEFAULT_RECIPE)
     assert shipped is not None
@@ -89,19 +73,9 @@ def _rebuilds() -> dict:
 
 
 @pytest.mark.rebuild
-def test_full_rebuild_reproduces_the_shipped_model(tmp_path: Path) -> None:
+def test_full_rebuild_reproduces_the_shipped_model(tmp_path: Path, rebuild_job: RebuildJob) -> None:
     card = _card()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "AUTOFT_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run(
-        [sys.executable, "-c", REBUILD, str(tmp_path / "build")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    built = json.loads(done.stdout.strip().splitlines()[-1])
+    built = rebuild_job.result()
     print(f"full rebuild: {built['seconds']} s, sha256 {built['sha256']}")
     shipped = shipped_model_path(DEFAULT_RECIPE)
     assert shipped is not None and card["sha256"] == file_sha256(shipped)
