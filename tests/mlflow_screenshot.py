@@ -29,7 +29,16 @@ def main() -> int:
             f"sqlite:///{args.database.resolve()}", str(args.database.parent / "mlartifacts"), Path(work)
         )
         try:
-            shot = check_mlflow_ui(server.url, args.experiment, args.model, args.out)
+            from mlflow import MlflowClient
+            from mlflow.exceptions import MlflowException
+
+            try:
+                MlflowClient(server.url).get_registered_model(args.model)
+                model: str | None = args.model
+            except MlflowException:  # the gate promotes only a model that beats the baselines and the champion
+                print(f"no registered model {args.model!r}: the run's gate promoted nothing (see its report)")
+                model = None
+            shot = check_mlflow_ui(server.url, args.experiment, model, args.out)
         finally:
             server.stop()
     print(f"checked the MLflow UI and saved {shot}")

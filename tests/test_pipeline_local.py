@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -145,8 +146,10 @@ def test_the_mlflow_ui_shows_the_run_in_a_real_browser(whole_run: tuple[Path, Re
         server.stop()
 
 
-def check_mlflow_ui(url: str, experiment: str, registered_model: str, shots: Path) -> Path:
-    """What a user sees in the MLflow UI after a run; returns the screenshot of the compare view."""
+def check_mlflow_ui(url: str, experiment: str, registered_model: str | None, shots: Path) -> Path:
+    """What a user sees in the MLflow UI after a run; returns the screenshot of the compare view.
+
+    ``registered_model`` None: the run's gate promoted nothing, so there is no champion to find."""
     client = MlflowClient(url)
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
     runs = client.search_runs([experiment_id], order_by=["attributes.start_time DESC"])
@@ -163,10 +166,13 @@ def check_mlflow_ui(url: str, experiment: str, registered_model: str, shots: Pat
     assert f"Comparing {len(children)} Runs" in compared
     for child in children:
         assert child.info.run_name in compared
-    assert "ood_avg" in compared and "id_test" in compared, "the same metric names, side by side"
+    # The metrics table is a scrolling box: with a fine-tune's epoch/* curves, ood_avg sorts below its fold.
+    assert "id_test" in compared and re.search(r"\bood/\w+", compared), "the same metric names, side by side"
     shot = browser.screenshot(browser.mlflow_page(url, route), shots / "mlflow-compare-methods.png")
     assert shot.stat().st_size > 20_000
 
+    if registered_model is None:
+        return shot
     registry = browser.page_text(browser.mlflow_page(url, f"/models/{registered_model}"))
     assert "champion" in registry and "Version 1" in registry, registry[:2000]
     return shot
