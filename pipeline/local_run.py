@@ -596,17 +596,30 @@ def _results_artifact(pipeline_root: Path, log_path: Path, timing: dict[str, flo
     return results
 
 
-def fork_steps(config: AutoFTConfig) -> bool:
-    """Whether the local steps are forked from the runner (``$AUTOFT_LOCAL_LAUNCH``; by default on the CPU,
-    where fork exists: a process that touched CUDA cannot be forked safely)."""
-    choice = os.environ.get(LAUNCH_ENV, "").strip().lower()
-    if choice not in ("", "fork", "subprocess"):
+def fork_steps(config: AutoFTConfig, default: str = "subprocess") -> bool:
+    """Whether the local steps are forked from the runner (``$AUTOFT_LOCAL_LAUNCH``, else ``default``); only
+    on the CPU (a process that touched CUDA cannot be forked safely).
+
+    Forking is safe only from a process that has not yet run a parallel torch op: libgomp's thread pool
+    does not survive ``fork``, and a forked step's first parallel op then waits forever at the pool's
+    barrier (seen when a test process that had trained models forked a step). ``autoft run`` only imports
+    before it forks, so it defaults to ``fork`` (:func:`run_from_cli`); other callers (tests, benchmarks,
+    notebooks) start new interpreters unless they ask.
+    """
+    choice = os.environ.get(LAUNCH_ENV, "").strip().lower() or default
+    if choice not in ("fork", "subprocess"):
         raise ValueError(f"${LAUNCH_ENV} must be fork or subprocess, got {choice!r}")
     if choice == "subprocess" or not hasattr(os, "fork"):
         return False
     from autoft.stages import resolve_device
 
-    return choice == "fork" or resolve_device(config).type == "cpu"
+    return resolve_device(config).type == "cpu"
+
+
+def run_from_cli(config: AutoFTConfig, run_dir: Path) -> Results:
+    """``autoft run`` (its ``kfp`` runner): :func:`run_with_kfp_local`, steps forked from this process on
+    the CPU (it has imported the steps' libraries but run no torch op, see :func:`fork_steps`)."""
+    return run_with_kfp_local(config, run_dir, fork=fork_steps(config, default="fork"))
 
 
 def local_parallel_tasks() -> int:

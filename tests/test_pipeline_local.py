@@ -21,6 +21,7 @@ from pipeline.local_run import (
     INPROCESS_STEPS,
     PipelineRunError,
     TaskLogCapture,
+    fork_steps,
     lightweight_call,
     local_arguments,
     run_step_forked,
@@ -322,3 +323,17 @@ def test_task_keys_come_from_the_task_output_folder() -> None:
         "search-worker#1"
     )
     assert task_key("{}") == "step"
+
+
+def test_only_the_cli_forks_steps_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A process that has run parallel torch ops (a test, a notebook) must not fork steps: libgomp's pool
+    # does not survive fork and the step hangs; `autoft run` forks (it only imports before it forks).
+    monkeypatch.delenv("AUTOFT_LOCAL_LAUNCH", raising=False)
+    config = tiny_config()
+    assert fork_steps(config) is False
+    assert fork_steps(config, default="fork") is True
+    monkeypatch.setenv("AUTOFT_LOCAL_LAUNCH", "subprocess")
+    assert fork_steps(config, default="fork") is False
+    monkeypatch.setenv("AUTOFT_LOCAL_LAUNCH", "spawn")
+    with pytest.raises(ValueError, match="must be fork or subprocess"):
+        fork_steps(config)
