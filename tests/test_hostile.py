@@ -553,10 +553,11 @@ def test_ctrl_c_ends_with_one_line_and_130_and_marks_the_run(ws: dict[str, str],
         time.sleep(0.2)  # the search has started
     time.sleep(1.0)
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
+    # Generous: in the full suite the background foundation-model rebuild shares the two cores.
+    _, err = process.communicate(timeout=240)
     assert process.returncode == EXIT_INTERRUPTED, err
-    assert "interrupted" in err and "Traceback" not in err
-    assert json.loads(status.read_text())["state"] == "interrupted"
+    assert "interrupted" in err and "Traceback" not in err, err
+    assert json.loads(status.read_text())["state"] == "interrupted", status.read_text()
     assert not [p for p in run_dir.rglob(".*.tmp")], "no temporary file left behind"
 
 
