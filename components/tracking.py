@@ -5,10 +5,16 @@ The tree, built across pods that share nothing but the tracking server:
     pipeline run  (started by prepare_data, ended by the exit handler with the pipeline's final state)
     ├── <method>  one child per method, the SAME metric names in each (id_val, id_test, ood_avg,
     │   │         ood/<shift>, ood_val) and its hyperparameters as params, so MLflow's chart and
-    │   │         compare views compare methods; fine-tuning curves and system metrics; its MLflow model
-    │   └── trial-<n>   one nested run per search trial (params: lr, weight decay, loss weights;
-    │                   metric: the OOD-val score, pruning reports as a step curve)
+    │   │         compare views compare methods; fine-tuning curves and system metrics; its MLflow model.
+    │   │         A searched method's run holds its whole search as ONE table (search/trials.csv: a row
+    │   │         per trial) beside Optuna's plots, and a search/trial_value curve while it runs
+    │   └── trial-<n>   only the best ``tracking.nested_trials`` trials (default 5) as nested runs
     └── ...
+
+A method run spans its OWN work: it is created when its first step starts (create_study for a searched
+method, build_zeroshot for zero-shot, the fine-tune step otherwise) and ended when its last step ends
+(its fine-tune; a WiSE-FT variant lives inside its base's fine-tune). The shared steps (prepare,
+evaluate, report) belong to the pipeline run; the report adds each method's test metrics afterwards.
 
 Every step finds its runs by tags, never by "the active run": with KFP's MLflow integration on, KFP
 creates the pipeline run and a nested run per task and sets ``MLFLOW_RUN_ID`` to the TASK's run; the
@@ -20,15 +26,18 @@ All calls go through ``MlflowClient`` with explicit run ids; nothing uses the fl
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from autoft.config import AutoFTConfig, config_to_dict
@@ -40,7 +49,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from optuna.trial import FrozenTrial
 
-    from autoft.contracts import MethodResult, PreparedData
+    from autoft.contracts import MethodResult, PreparedData, SearchResult, TrialRecord
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +74,8 @@ TAG_KFP_RUN_ID = "autoft.kfp_run_id"
 TAG_PIPELINE_RUN = "autoft.pipeline_run_id"
 TAG_METHOD = "autoft.method"
 TAG_TRIAL = "autoft.trial"
+TAG_TRIALS_TABLE = "autoft.trials_table"
+TRIALS_TABLE = PurePosixPath("search/trials.csv")  # in a searched method's run: one row per trial
 # The UI's Source column: what produced the run.
 SOURCE_TAGS = {TAG_SOURCE: "autoft-pipelines (Kubeflow pipeline step)", "mlflow.source.type": "JOB"}
 MAX_PARAMS_PER_BATCH = 100
@@ -193,7 +204,7 @@ class PipelineRuns:
     # -- the tree ----------------------------------------------------------------------------------
 
     def method_run(self, method: str, *, start: bool = False) -> str:
-        """The child run of ``method`` (created by the prepare step, found by every later one)."""
+        """The child run of ``method``: found by tags; with ``start`` created (now) when there is none."""
         found = _find_tagged(
             self.client, self.experiment_id, {TAG_PIPELINE_RUN: self.parent_id, TAG_METHOD: method, TAG_ROLE: "method"}
         )
@@ -202,38 +213,100 @@ class PipelineRuns:
         if not start:
             raise TrackingError(f"no MLflow run for method {method!r} under pipeline run {self.parent_id}")
         tags = {TAG_PARENT: self.parent_id, TAG_PIPELINE_RUN: self.parent_id, TAG_METHOD: method, TAG_ROLE: "method"}
-        return self.client.create_run(self.experiment_id, run_name=method, tags={**tags, **SOURCE_TAGS}).info.run_id
+        run_id = self.client.create_run(self.experiment_id, run_name=method, tags={**tags, **SOURCE_TAGS}).info.run_id
+        # The splits prepare_data recorded on the pipeline run: the runs table's Dataset column for each method.
+        inputs = self.client.get_run(self.parent_id).inputs.dataset_inputs
+        if inputs:
+            self.client.log_inputs(run_id, datasets=list(inputs))
+        return run_id
+
+    def start_methods(self, methods: list[str]) -> list[str]:
+        """A step doing ``methods``' own work starts: their runs are created now (their first step) or found;
+        one a failed earlier attempt of this step left ended is RUNNING again (KFP retried the step)."""
+        run_ids = [self.method_run(method, start=True) for method in methods]
+        for run_id in run_ids:
+            if self.client.get_run(run_id).info.status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+        return run_ids
+
+    def end_methods(self, methods: list[str], *, succeeded: bool = True) -> None:
+        """The methods' last step ends: their runs end now (the report adds test metrics to them later)."""
+        now = int(time.time() * 1000)  # one moment for all: the step's end
+        for method in methods:
+            self.client.set_terminated(self.method_run(method), "FINISHED" if succeeded else "FAILED", end_time=now)
 
     def trial_logger(self, method: str) -> Any:
-        """An Optuna callback: each finished trial becomes a nested run of the method's run."""
+        """An Optuna callback: each finished trial adds a point to the method run's search curves.
+
+        ``search/trial_value`` (a complete trial's objective) and ``search/best_value`` (the study's best so
+        far), at step = trial number: a live view of a search of any size in one run; the trials themselves
+        become one table when the search is done (:meth:`log_search`)."""
         method_run = self.method_run(method)
 
         def log_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-            del study
-            tags = {
-                TAG_PARENT: method_run,
-                TAG_PIPELINE_RUN: self.parent_id,
-                TAG_METHOD: method,
-                TAG_ROLE: "trial",
-                TAG_TRIAL: str(trial.number),
-                "autoft.trial_state": trial.state.name,
-                "autoft.worker": str(trial.user_attrs.get("worker", "")),
-                **SOURCE_TAGS,
-            }
-            start_ms = int(trial.datetime_start.timestamp() * 1000) if trial.datetime_start else None
-            run = self.client.create_run(
-                self.experiment_id, run_name=f"trial-{trial.number}", start_time=start_ms, tags=tags
-            )
-            params = flat_hparams(trial.user_attrs.get("hparams", {})) or dict(trial.params)
-            metrics = [_metric("ood_val_objective", value, step) for step, value in trial.intermediate_values.items()]
-            if trial.value is not None:
-                metrics.append(_metric("ood_val_objective", trial.value, max(trial.intermediate_values, default=0) + 1))
-            self.log(run.info.run_id, params=params, metrics=metrics)
-            end_ms = int(trial.datetime_complete.timestamp() * 1000) if trial.datetime_complete else None
-            status = "FAILED" if trial.state.name == "FAIL" else "FINISHED"
-            self.client.set_terminated(run.info.run_id, status=status, end_time=end_ms)
+            metrics = []
+            if trial.state.name == "COMPLETE" and trial.value is not None:
+                metrics.append(_metric("search/trial_value", trial.value, trial.number))
+            with contextlib.suppress(ValueError):  # no complete trial yet
+                metrics.append(_metric("search/best_value", study.best_value, trial.number))
+            if metrics:
+                self.log(method_run, metrics=metrics)
 
         return log_trial
+
+    def log_search(
+        self, method: str, result: SearchResult, plots: Mapping[str, Path] | None = None, *, nested: int = 5
+    ) -> list[str]:
+        """A finished search in the method's run: every trial as one table (``search/trials.csv``), Optuna's
+        plots beside it, the counts and best value as metrics, and the best ``nested`` trials as nested
+        runs (0: none, -1: every trial). Returns the nested runs' ids."""
+        from autoft.search_insight import TRIAL_COLUMNS, best_trials, trial_table
+
+        run_id = self.method_run(method)
+        with tempfile.TemporaryDirectory(prefix="autoft-search-") as folder:
+            rows = trial_table(result.trials)
+            columns = [*TRIAL_COLUMNS, *sorted({key for row in rows for key in row} - set(TRIAL_COLUMNS))]
+            with (Path(folder) / TRIALS_TABLE.name).open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=columns, restval="")
+                writer.writeheader()
+                writer.writerows(rows)
+            for path in (plots or {}).values():
+                shutil.copy(path, Path(folder) / Path(path).name)
+            self.client.log_artifacts(run_id, folder, str(TRIALS_TABLE.parent))
+        states = Counter(record.state for record in result.trials)
+        counts = {f"search/trials_{state.lower()}": states.get(state, 0) for state in ("COMPLETE", "PRUNED", "FAIL")}
+        last = max((record.number for record in result.trials), default=0)
+        metrics = [_metric(name, count, 0) for name, count in {**counts, "search/trials": len(result.trials)}.items()]
+        # The final best after the live curve's last point (workers log it at step = trial number).
+        metrics.append(_metric("search/best_value", result.best_value, last + 1))
+        tags = {TAG_TRIALS_TABLE: str(TRIALS_TABLE), "autoft.best_trial": str(result.best_trial)}
+        self.log(run_id, metrics=metrics, tags=tags)
+        return [self._trial_run(method, run_id, record) for record in best_trials(result.trials, nested)]
+
+    def _trial_run(self, method: str, method_run: str, record: TrialRecord) -> str:
+        """One trial as a nested run of its method's run, over the trial's own start and end."""
+        tags = {
+            TAG_PARENT: method_run,
+            TAG_PIPELINE_RUN: self.parent_id,
+            TAG_METHOD: method,
+            TAG_ROLE: "trial",
+            TAG_TRIAL: str(record.number),
+            "autoft.trial_state": record.state,
+            **SOURCE_TAGS,
+        }
+        start_ms = round(record.start * 1000) if record.start is not None else None
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"trial-{record.number}", start_time=start_ms, tags=tags
+        )
+        params = flat_hparams(record.hparams) if record.hparams else dict(record.params)
+        metrics = [_metric("ood_val_objective", value, step) for step, value in sorted(record.intermediate.items())]
+        if record.value is not None:
+            metrics.append(_metric("ood_val_objective", record.value, max(record.intermediate, default=0) + 1))
+        self.log(run.info.run_id, params=params, metrics=metrics)
+        end_ms = round((record.start + record.seconds) * 1000) if None not in (record.start, record.seconds) else None
+        status = "FAILED" if record.state == "FAIL" else "FINISHED"
+        self.client.set_terminated(run.info.run_id, status=status, end_time=end_ms)
+        return run.info.run_id
 
     def training_observer(self, method: str) -> TrainingCurves:
         return TrainingCurves(self, self.method_run(method))

@@ -133,17 +133,17 @@ def build_pipeline(config: AutoFTConfig, settings: ClusterSettings | None = None
             with_mlflow(with_datasets(step(prepare, "prepare data", settings.prepare, settings), settings))
             prepared = prepare.outputs["prepared"]
 
-            zeroshot_task = build_zeroshot(**common, prepared=prepared)
-            with_datasets(step(zeroshot_task, "zero-shot model", settings.zeroshot, settings), settings)
+            zeroshot_task = build_zeroshot(**common, **tracked, prepared=prepared)
+            with_mlflow(with_datasets(step(zeroshot_task, "zero-shot model", settings.zeroshot, settings), settings))
             zeroshot = zeroshot_task.outputs["zeroshot"]
 
             # Search: one study per searched method, N workers on it, then its best hyperparameters.
             best: dict[str, dsl.PipelineTask] = {}
             for method in searched:
                 study = create_study(
-                    **common, method=method, study_storage=study_storage, run_id=run_id, search_workers=search_workers
+                    **common, **tracked, method=method, study_storage=study_storage, search_workers=search_workers
                 )
-                with_study_storage(step(study, f"create study: {method}", settings.light, settings))
+                with_mlflow(with_study_storage(step(study, f"create study: {method}", settings.light, settings)))
                 with dsl.ParallelFor(study.output, parallelism=parallelism, name=f"search-{method}") as worker:
                     search = search_worker(
                         **common,

@@ -7,6 +7,7 @@ step or a person relies on. One module-scoped chain keeps it to one data prepara
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -107,16 +108,16 @@ def prepared(work: Path, common: dict[str, Any], tracked: dict[str, str]) -> tup
 
 
 @pytest.fixture(scope="module")
-def zeroshot(work: Path, common: dict[str, Any], prepared: tuple[Dataset, list[str]]) -> Model:
+def zeroshot(work: Path, common: dict[str, Any], tracked: dict[str, str], prepared: tuple[Dataset, list[str]]) -> Model:
     model = artifact(Model, work, "zeroshot")
-    build_zeroshot.python_func(**common, prepared=prepared[0], zeroshot=model)
+    build_zeroshot.python_func(**common, **tracked, prepared=prepared[0], zeroshot=model)
     return model
 
 
 @pytest.fixture(scope="module")
-def study_items(work: Path, common: dict[str, Any]) -> list[dict]:
+def study_items(work: Path, common: dict[str, Any], tracked: dict[str, str], zeroshot: Model) -> list[dict]:
     return create_study.python_func(
-        **common, method="autoft", study_storage=str(work / "studies"), run_id=RUN_ID, search_workers=2
+        **common, **tracked, method="autoft", study_storage=str(work / "studies"), search_workers=2
     )
 
 
@@ -511,7 +512,7 @@ def _tree(config: AutoFTConfig, parent: str) -> dict[str, Any]:
     }
 
 
-def test_the_mlflow_tree_spans_the_steps(config: AutoFTConfig, reported: dict[str, Any]) -> None:
+def test_the_mlflow_tree_spans_the_steps(config: AutoFTConfig, reported: dict[str, Any], tmp_path: Path) -> None:
     tree = _tree(config, reported["mlflow_run_id"])
     client = tree["client"]
     parent = client.get_run(reported["mlflow_run_id"])
@@ -545,16 +546,34 @@ def test_the_mlflow_tree_spans_the_steps(config: AutoFTConfig, reported: dict[st
     assert methods["autoft_ce"].data.params["w_ce"] == "1.0" and "w_l2init" not in methods["autoft_ce"].data.params
     assert methods["autoft_wiseft"].data.params["wiseft_alpha"] in ("0.0", "0.5", "1.0")
 
-    # A nested run per trial under the searched method, with its hyperparameters and its OOD-val score.
+    # The search as one table in the method's run; its best trials (here both) as nested runs with their
+    # hyperparameters and OOD-val score; a point per trial on the live search curve.
+    autoft_run = methods["autoft"].info.run_id
+    table = Path(client.download_artifacts(autoft_run, "search/trials.csv", str(tmp_path)))
+    rows = list(csv.DictReader(table.open()))
+    assert [row["number"] for row in rows] == ["0", "1"] and {row["state"] for row in rows} == {"COMPLETE"}
+    assert all(float(row["seconds"]) > 0 and row["w_hinge"] and row["lr"] for row in rows)
+    assert methods["autoft"].data.tags["autoft.trials_table"] == "search/trials.csv"
+    assert any(a.path.endswith(".png") for a in client.list_artifacts(autoft_run, "search")), "Optuna's plots"
+    assert len(client.get_metric_history(autoft_run, "search/trial_value")) == 2
     trials = tree["trials"]
-    assert len(trials) == 2 and {t.data.tags["mlflow.parentRunId"] for t in trials} == {methods["autoft"].info.run_id}
+    assert len(trials) == 2 and {t.data.tags["mlflow.parentRunId"] for t in trials} == {autoft_run}
     for trial in trials:
         assert {"lr", "weight_decay", "w_ce", "w_hinge"} <= set(trial.data.params)
         assert 0.0 <= trial.data.metrics["ood_val_objective"] <= 1.0
         assert trial.info.status == "FINISHED"
+        assert methods["autoft"].info.start_time <= trial.info.start_time <= trial.info.end_time
+
+    # Each method run spans its own steps (the chain ran them one after another), and is ended by its last.
+    span = {m: (r.info.start_time, r.info.end_time) for m, r in methods.items()}
+    assert all(r.info.status == "FINISHED" for r in methods.values()), "ended by their own steps"
+    assert span["zeroshot"][1] <= span["autoft"][0], "zero-shot is built before AutoFT's study is created"
+    assert span["autoft"][0] <= span["autoft_wiseft"][0] <= span["autoft_wiseft"][1] <= span["autoft"][1]
+    assert span["autoft"][1] <= span["autoft_ce"][0], "the control's run starts with its own fine-tune"
+    assert parent.info.start_time <= span["zeroshot"][0]
 
     # Fine-tuning curves (per step and per epoch), system metrics, and the models as MLflow models.
-    autoft = methods["autoft"].info.run_id
+    autoft = autoft_run
     steps = client.get_metric_history(autoft, "train/loss")
     assert len(steps) >= 2 and [m.step for m in steps] == sorted(m.step for m in steps)
     assert {"train/lr", "train/ce", "epoch/id_val", "epoch/train_loss"} <= set(client.get_run(autoft).data.metrics)
@@ -582,15 +601,19 @@ def test_kfps_mlflow_integration_gives_the_same_tree(
     prepare_data.python_func(
         **common, **other, candidate_method="autoft", step_image="x", prepared=artifact(Dataset, work, "prepared-kfp")
     )
+    # The method's first step (each task gets its own MLFLOW_RUN_ID; any task's root is the pipeline's run).
+    create_study.python_func(
+        **common, **other, method="autoft", study_storage=str(work / "studies-kfp"), search_workers=1
+    )
     tree = _tree(config, kfp_parent)
     without_kfp = _tree(config, reported["mlflow_run_id"])  # the module's run: integration off
-    assert set(tree["methods"]) == set(without_kfp["methods"]) == set(METHODS)
+    assert set(tree["methods"]) == {"autoft"} and set(without_kfp["methods"]) == set(METHODS)
     # The same shape: each method run sits directly under the pipeline's run, with the same role and method.
     for found, parent in ((tree, kfp_parent), (without_kfp, reported["mlflow_run_id"])):
         shape = {
             m: (r.data.tags["autoft.role"], r.data.tags["mlflow.parentRunId"]) for m, r in found["methods"].items()
         }
-        assert shape == {m: ("method", parent) for m in METHODS}
+        assert shape == {m: ("method", parent) for m in found["methods"]}
     assert {r.data.tags["mlflow.parentRunId"] for r in tree["methods"].values()} == {kfp_parent}
     assert client.get_run(kfp_parent).data.tags["autoft.kfp_run_id"] == "run-kfp"
     assert "autoft.role" not in client.get_run(task).data.tags, "the task's run is not mistaken for the pipeline's"
@@ -691,10 +714,11 @@ def test_finalize_fails_stale_trials_and_ends_the_mlflow_run(
     assert study.trials[stale.number].state == optuna.trial.TrialState.FAIL
     assert reported["mlflow_run_id"] in summary["closed_mlflow_runs"]
     tree = _tree(config, reported["mlflow_run_id"])
-    assert {r.info.run_id for r in tree["methods"].values()} <= set(summary["closed_mlflow_runs"])
+    # The method runs' own steps ended them already: a later failure of the pipeline leaves them FINISHED.
+    assert not {r.info.run_id for r in tree["methods"].values()} & set(summary["closed_mlflow_runs"])
     client = MlflowClient(tracking_uri=config.tracking.mlflow_uri)
     assert client.get_run(reported["mlflow_run_id"]).info.status == "FAILED"
-    assert {r.info.status for r in _tree(config, reported["mlflow_run_id"])["methods"].values()} == {"FAILED"}
+    assert {r.info.status for r in _tree(config, reported["mlflow_run_id"])["methods"].values()} == {"FINISHED"}
     assert json.loads((work / "run" / "pipeline_status.json").read_text())["state"] == "FAILED"
     assert summary["problems"] == []
 
@@ -803,7 +827,7 @@ def test_gate_decision_rules() -> None:
 
 
 def test_create_study_on_a_resumed_run_fails_trials_its_killed_workers_left(
-    work: Path, config: AutoFTConfig, common: dict[str, Any], searched: list[int]
+    work: Path, config: AutoFTConfig, common: dict[str, Any], tracked: dict[str, str], searched: list[int]
 ) -> None:
     from autoft.search.study import open_storage
 
@@ -811,7 +835,7 @@ def test_create_study_on_a_resumed_run_fails_trials_its_killed_workers_left(
     study = optuna.load_study(study_name=f"autoft-{RUN_ID}-autoft", storage=storage)
     orphan = study.ask()  # a worker was killed mid-trial, then KFP retried the run (same run id)
     items = create_study.python_func(
-        **common, method="autoft", study_storage=str(work / "studies"), run_id=RUN_ID, search_workers=2
+        **common, **tracked, method="autoft", study_storage=str(work / "studies"), search_workers=2
     )
     assert items == [
         {"worker_index": i, "workers": 2, "storage": str(work / "studies"), "study_name": f"autoft-{RUN_ID}-autoft"}

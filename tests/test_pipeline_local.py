@@ -110,6 +110,9 @@ def test_mlflow_holds_the_run_tree(whole_run: tuple[Path, Results]) -> None:
         assert methods.loc[method, "metrics.id_test"] == pytest.approx(results.methods[method].id_test)
     trials = runs[runs["tags.autoft.role"] == "trial"]
     assert len(trials) == 2 and set(trials["tags.mlflow.parentRunId"]) == {methods.loc["autoft", "run_id"]}
+    # Each method run spans its own steps (zero-shot model; create study to fine-tune), not the whole pipeline.
+    assert methods.loc["zeroshot", "end_time"] <= methods.loc["autoft", "start_time"]
+    assert methods.loc["autoft", "end_time"] == methods.loc["autoft_wiseft", "end_time"] < pipeline["end_time"].iloc[0]
     # The pipeline run spans the pipeline: it started in the first step and ended in the last.
     stages = [seconds for key, seconds in results.timing_s.items() if not key.startswith("kfp")]
     assert (pipeline["end_time"].iloc[0] - pipeline["start_time"].iloc[0]).total_seconds() > max(stages)

@@ -68,3 +68,24 @@ def test_a_run_without_ood_shifts_reports_dashes_and_skips_the_scatter(tmp_path:
     assert "ID vs OOD" not in paths and not (tmp_path / "plots" / "id_vs_ood.png").exists()
     assert "ft: history" in paths
     assert Results.load(tmp_path / "results.json").methods["ft"].ood_avg is None
+
+
+def test_a_search_becomes_one_table_with_a_row_per_trial_and_its_best_few() -> None:
+    from autoft.search_insight import TRIAL_COLUMNS, best_trials, trial_table
+
+    trials = [
+        TrialRecord(number=2, state="PRUNED", value=None, params={"lr": 0.1}, intermediate={10: 0.3, 30: 0.4}),
+        TrialRecord(number=0, state="COMPLETE", value=0.7, params={"lr": 0.2}, start=0.0, seconds=1.23456),
+        TrialRecord(number=1, state="FAIL", value=None, params={"lr": 0.3}),
+        TrialRecord(number=3, state="COMPLETE", value=0.9, params={"lr": 0.4}, intermediate={10: 0.5}),
+        TrialRecord(number=4, state="COMPLETE", value=0.7, params={"lr": 0.5}),
+    ]
+    rows = trial_table(trials)
+    assert [row["number"] for row in rows] == [0, 1, 2, 3, 4]
+    assert list(rows[0])[: len(TRIAL_COLUMNS)] == list(TRIAL_COLUMNS) and rows[0]["lr"] == 0.2
+    assert (rows[0]["seconds"], rows[0]["start_utc"], rows[0]["pruned_step"]) == (1.235, "1970-01-01 00:00:00", "")
+    pruned = rows[2]
+    assert (pruned["state"], pruned["value"], pruned["pruned_step"], pruned["last_report"]) == ("PRUNED", "", 30, 0.4)
+    assert rows[3]["pruned_step"] == "" and rows[3]["last_report"] == 0.5, "only a pruned trial has a pruned step"
+    assert [t.number for t in best_trials(trials, 2)] == [3, 0], "highest value first; a tie goes to the earlier"
+    assert best_trials(trials, 0) == [] and [t.number for t in best_trials(trials, -1)] == [0, 1, 2, 3, 4]

@@ -17,7 +17,8 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from autoft import storage
-from autoft.search.space import SearchSpace
+from autoft.contracts import SearchResult, TrialRecord
+from autoft.search.space import SearchSpace, trial_hparams
 from conftest import build_tiny_classifier
 from conftest_servers import MLFLOW_ARTIFACT_BUCKET
 from servers import ServerProcess, free_port
@@ -50,6 +51,36 @@ def _finished_trials(count: int) -> optuna.Study:
     return study
 
 
+def _search_result(study: optuna.Study) -> SearchResult:
+    """The select-best step's record of ``study`` (autoft.study_stages builds the same from storage)."""
+    from optuna.distributions import distribution_to_json
+
+    best = study.best_trial
+    return SearchResult(
+        method="autoft",
+        hparams=trial_hparams(best),
+        best_value=best.value,
+        best_trial=best.number,
+        trials_complete=len(study.trials),
+        storage="memory",
+        study_name=study.study_name,
+        trials=[
+            TrialRecord(
+                number=t.number,
+                state=t.state.name,
+                value=t.value,
+                params=t.params,
+                distributions={k: distribution_to_json(d) for k, d in t.distributions.items()},
+                intermediate=dict(t.intermediate_values),
+                hparams=t.user_attrs["hparams"],
+                start=t.datetime_start.timestamp(),
+                seconds=t.duration.total_seconds(),
+            )
+            for t in study.trials
+        ],
+    )
+
+
 def test_the_run_tree_registry_and_a_servable_champion_on_postgres_and_gs(
     mlflow_server: ServerProcess, gcs: GcsEmulator, tmp_path: Path
 ) -> None:
@@ -62,14 +93,32 @@ def test_the_run_tree_registry_and_a_servable_champion_on_postgres_and_gs(
     method = runs.method_run("autoft", start=True)
     assert runs.method_run("autoft") == method  # found, not created twice
     log_trial = runs.trial_logger("autoft")
-    study = _finished_trials(2)
+    study = _finished_trials(3)
     for trial in study.trials:
         log_trial(study, trial)
-    trials = client.search_runs([runs.experiment_id], filter_string="tags.`autoft.role` = 'trial'")
-    assert len(trials) == 2 and {t.data.tags["mlflow.parentRunId"] for t in trials} == {method}
-    assert all({"lr", "weight_decay", "w_l2init"} <= set(t.data.params) for t in trials)
+    assert not client.search_runs([runs.experiment_id], filter_string="tags.`autoft.role` = 'trial'")
+    live = client.get_metric_history(method, "search/trial_value")
+    assert [(m.step, m.value) for m in live] == [(t.number, t.value) for t in study.trials], "a point per trial"
+    assert client.get_metric_history(method, "search/best_value")[-1].value == study.best_value
+
+    # The finished search: one table of every trial, the best two as nested runs over their own times.
+    result = _search_result(study)
+    nested = runs.log_search("autoft", result, nested=2)
+    table = client.download_artifacts(method, "search/trials.csv", str(tmp_path))
+    rows = pd.read_csv(table)
+    assert list(rows["number"]) == [0, 1, 2] and set(rows["state"]) == {"COMPLETE"}
+    assert {"value", "seconds", "pruned_step", "start_utc", "lr", "weight_decay", "w_l2init"} <= set(rows.columns)
+    assert list(rows["value"]) == pytest.approx([t.value for t in study.trials])
+    ranked = sorted(study.trials, key=lambda t: (-t.value, t.number))[:2]
+    trials = [client.get_run(run_id) for run_id in nested]
+    assert [t.data.tags["autoft.trial"] for t in trials] == [str(t.number) for t in ranked]
+    assert {t.data.tags["mlflow.parentRunId"] for t in trials} == {method}
+    assert all({"lr", "weight_decay", "w_l2init", "w_ce"} <= set(t.data.params) for t in trials)
     history = client.get_metric_history(trials[0].info.run_id, "ood_val_objective")
     assert [m.step for m in history] == [1, 2], "the pruning report, then the final score"
+    assert abs(trials[0].info.start_time - ranked[0].datetime_start.timestamp() * 1000) <= 1
+    assert abs(trials[0].info.end_time - ranked[0].datetime_complete.timestamp() * 1000) <= 1
+    assert client.get_run(method).data.metrics["search/trials_complete"] == 3
 
     curves = runs.training_observer("autoft")
     for step in range(1, 4):
@@ -132,3 +181,32 @@ def test_a_step_shorter_than_one_sampling_interval_still_records_system_metrics(
     metrics = MlflowClient(uri).get_run(method).data.metrics
     assert any(key.startswith("system/cpu") for key in metrics)
     assert any(key.startswith("system/system_memory") for key in metrics)
+
+
+def test_a_method_run_spans_its_own_steps(tmp_path: Path) -> None:
+    """Created when the method's first step starts, ended when its last one ends; a retried step re-opens it."""
+    from mlflow.entities import Dataset, DatasetInput
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runs = PipelineRuns.open(uri, "spans", "kfp-spans", start=True)
+    client = MlflowClient(uri)
+    split = Dataset(name="digits/id_train", digest="d1", source_type="code", source="{}")
+    client.log_inputs(runs.parent_id, datasets=[DatasetInput(split)])
+    with pytest.raises(TrackingError, match="no MLflow run for method 'ft'"):
+        runs.method_run("ft")  # nothing before the method's first step
+    before = int(time.time() * 1000)
+    [ft] = runs.start_methods(["ft"])
+    first = client.get_run(ft)
+    assert first.info.status == "RUNNING" and first.info.start_time >= before
+    assert [d.dataset.name for d in first.inputs.dataset_inputs] == ["digits/id_train"], "the pipeline's splits"
+    assert runs.start_methods(["ft"]) == [ft]  # a later step of the same method finds it
+    runs.end_methods(["ft"])
+    ended = client.get_run(ft).info
+    assert ended.status == "FINISHED" and ended.end_time >= ended.start_time
+    # Another method's run starts later, when its own first step does, and ending the tree leaves ft alone.
+    [zeroshot] = runs.start_methods(["zeroshot"])
+    assert client.get_run(zeroshot).info.start_time >= ended.start_time
+    assert runs.finish(succeeded=False) == [zeroshot, runs.parent_id]
+    assert client.get_run(ft).info.status == "FINISHED" and client.get_run(zeroshot).info.status == "FAILED"
+    runs.start_methods(["ft"])  # KFP retried ft's step
+    assert client.get_run(ft).info.status == "RUNNING"

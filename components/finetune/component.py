@@ -66,6 +66,9 @@ def finetune(
     config.check_method(method, purpose="finetune")
     chosen = finetune_hparams(method, {hparams_source(method): Path(hparams.path)})
     runs = open_runs(config, mlflow_tracking_uri, output_dir, run_id)
+    # The method's last step (and its WiSE-FT variant's only one): their runs span this step's work.
+    own = [m for m in (method, f"{method}_wiseft") if m in config.methods]
+    runs.start_methods(own)
     curves = EpochProgress(runs.training_observer(method), f"fine-tune {method}", config.finetune.epochs)
     # Epoch checkpoints and both models are written to scratch space first; only the two models and the
     # summary become artifacts (TMPDIR may point at a larger volume on a cluster).
@@ -102,6 +105,7 @@ def finetune(
     model.metadata["mlflow_model_uri"] = runs.log_model(method, Path(model.path), tags)
     if f"{method}_wiseft" in config.methods:
         wiseft_model.metadata["mlflow_model_uri"] = runs.log_model(f"{method}_wiseft", Path(wiseft_model.path), tags)
+    runs.end_methods(own)  # a step that fails before this leaves them to the exit handler, which ends them FAILED
     model.metadata.update(
         {
             "method": method,

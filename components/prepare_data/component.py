@@ -24,8 +24,8 @@ def prepare_data(
 
     The prepared folder holds split manifests (paths or URIs plus labels) and the OOD-val subset; large
     datasets stay where they are and are referenced. Every bad parameter is reported here, before any
-    compute. This first step also starts the pipeline's MLflow run (spanning the whole pipeline) with
-    a child run per method, and records every split as an MLflow dataset.
+    compute. This first step also starts the pipeline's MLflow run (spanning the whole pipeline) and
+    records every split as an MLflow dataset (each method's child run starts with its own first step).
 
     Args:
         config_yaml: The run's AutoFT config as YAML or JSON (the schema of `autoft config show`).
@@ -67,12 +67,12 @@ def prepare_data(
             "mlflow.source.git.commit": git_sha() or "unknown",
         },
     )
-    method_runs = [runs.method_run(method, start=True) for method in config.methods]
     with stopwatch() as timing:
         data = stage_prepare(config, prepared.path)
         save_config(config, f"{prepared.path}/config.yaml")
     runs.log_config(runs.parent_id, config)
-    runs.log_datasets([runs.parent_id, *method_runs], data, config.data.root or str(data.extra.get("source", "")))
+    # Each method's run, created by the method's first step, copies these dataset inputs.
+    runs.log_datasets([runs.parent_id], data, config.data.root or str(data.extra.get("source", "")))
     prepared.metadata.update(
         {
             "dataset": data.dataset,

@@ -116,7 +116,7 @@ def report(
     )
     bundle = Path(tempfile.mkdtemp(prefix="autoft-report-"))
     try:
-        write_report(table, searches, bundle, dashboard_url=os.environ.get(ENV_OPTUNA_DASHBOARD, ""))
+        written = write_report(table, searches, bundle, dashboard_url=os.environ.get(ENV_OPTUNA_DASHBOARD, ""))
         save_config(config, bundle / "config.yaml")
         shutil.copy(bundle / "results.json", results.path)
         shutil.copy(bundle / "report.md", report_md.path)
@@ -129,11 +129,9 @@ def report(
         ood_val = {method: row.value for method, row in by_set["ood_val"].models.items()} if "ood_val" in by_set else {}
         for method, row in table.methods.items():
             runs.log_method_results(method, row, ood_val.get(method))
-        for method, search in searches.items():
-            runs.log(
-                runs.method_run(method),
-                metrics={"search/best_value": search.best_value, "search/trials_complete": search.trials_complete},
-            )
+        for method, search in searches.items():  # one trial table (and the best few as nested runs) per search
+            plots = {title: path for title, path in written.items() if title.startswith(f"{method}: ")}
+            runs.log_search(method, search, plots, nested=config.tracking.nested_trials)
         runs.log(runs.parent_id, metrics={f"timing_s/{stage}": seconds for stage, seconds in timing.items()})
         runs.client.log_artifacts(runs.parent_id, str(bundle), "report")
     finally:

@@ -38,7 +38,8 @@ def search_worker(
         storage: The study's storage from create_study's work item (a URL or env:AUTOFT_OPTUNA_STORAGE).
         study_name: The study name from the work item; checked against this run's, so runs never mix.
         run_id: The KFP run id (part of the study name; finds the run's MLflow tree).
-        mlflow_tracking_uri: MLflow tracking URI; each finished trial becomes a nested run of the method's run.
+        mlflow_tracking_uri: MLflow tracking URI; each finished trial adds a point to the method run's search
+            curves (the report step stores every trial as one table there).
         output_dir: Optional local or mounted folder of the run (SQLite tracking lives there locally).
         prepared: The prepare_data output (ID train and the OOD-val subset).
         zeroshot: The zero-shot model every trial starts from.

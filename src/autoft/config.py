@@ -270,6 +270,12 @@ class TrackingConfig(_Strict):
     mlflow_uri: str = Field("", description="'' = $MLFLOW_TRACKING_URI, else SQLite beside the run folders")
     experiment: str = "autoft"
     registered_model: str = "autoft-clip"
+    nested_trials: int = Field(
+        5,
+        ge=-1,
+        description="best trials per searched method shown as nested MLflow runs (every trial is a row of the "
+        "method run's search/trials.csv); 0 = none, -1 = all",
+    )
 
 
 class AutoFTConfig(_Strict):

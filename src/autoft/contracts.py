@@ -113,6 +113,9 @@ class TrialRecord(BaseModel):
     params: dict[str, Any]
     distributions: dict[str, str] = Field(default_factory=dict, description="Optuna's JSON of each param's range")
     intermediate: dict[int, float] = Field(default_factory=dict, description="pruning reports by inner step")
+    hparams: dict[str, Any] = Field(default_factory=dict, description="the effective hyperparameters (anchor included)")
+    start: float | None = Field(None, description="when the trial started, seconds since the epoch (UTC)")
+    seconds: float | None = Field(None, description="how long it ran (None while it runs)")
 
 
 class SearchResult(Contract):

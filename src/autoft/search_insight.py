@@ -1,4 +1,5 @@
-"""What a search found, with Optuna's own tools: history, parameter importances, parallel coordinates.
+"""What a search found, with Optuna's own tools: history, parameter importances, parallel coordinates;
+and its trials as one table (a row per trial), which tracking stores instead of a run per trial.
 
 The report step has the select-best outputs (autoft.contracts.SearchResult), not the study's database,
 so each study is rebuilt in memory from its trials (params, their distributions, values, pruning
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import warnings
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -20,10 +23,41 @@ from optuna.distributions import json_to_distribution
 from optuna.trial import TrialState, create_trial
 
 from autoft.atomic import atomic_path
-from autoft.contracts import SearchResult
+from autoft.contracts import SearchResult, TrialRecord
 
 log = logging.getLogger(__name__)
 COUNTED = {"COMPLETE", "PRUNED"}
+# The fixed columns of a trial table; each searched parameter follows as a column of its own name.
+FORMAT = "%Y-%m-%d %H:%M:%S"  # the start's form: MLflow's CSV viewer leaves ISO's T...Z blank
+TRIAL_COLUMNS = ("number", "state", "value", "seconds", "pruned_step", "last_report", "start_utc")
+
+
+def trial_table(trials: list[TrialRecord]) -> list[dict[str, Any]]:
+    """One row per trial: number, state, objective value, duration, the inner step a pruned trial stopped
+    at and its last report there, its start (UTC), then the sampled parameters."""
+    rows = []
+    for record in sorted(trials, key=lambda r: r.number):
+        last_step = max(record.intermediate, default=None)
+        row: dict[str, Any] = {
+            "number": record.number,
+            "state": record.state,
+            "value": record.value,
+            "seconds": None if record.seconds is None else round(record.seconds, 3),
+            "pruned_step": last_step if record.state == "PRUNED" else None,
+            "last_report": None if last_step is None else record.intermediate[last_step],
+            "start_utc": None if record.start is None else datetime.fromtimestamp(record.start, UTC).strftime(FORMAT),
+        }
+        row.update(record.params)
+        rows.append({key: "" if value is None else value for key, value in row.items()})
+    return rows
+
+
+def best_trials(trials: list[TrialRecord], count: int) -> list[TrialRecord]:
+    """The ``count`` complete trials with the highest objective (ties: the earlier trial); -1: every trial."""
+    if count < 0:
+        return sorted(trials, key=lambda r: r.number)
+    complete = [r for r in trials if r.state == "COMPLETE" and r.value is not None]
+    return sorted(complete, key=lambda r: (-r.value, r.number))[:count]  # type: ignore[operator]
 
 
 def rebuild_study(result: SearchResult) -> optuna.Study:

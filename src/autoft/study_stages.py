@@ -13,6 +13,7 @@ from optuna.distributions import distribution_to_json
 from autoft.config import AutoFTConfig
 from autoft.contracts import SearchResult, TrialRecord
 from autoft.errors import SearchFailed
+from autoft.search.space import HPARAMS_ATTR
 from autoft.search.study import (
     COUNTED_STATES,
     best_hparams,
@@ -65,6 +66,9 @@ def stage_select_best(config: AutoFTConfig, method: str, storage: str, out_path:
                 params=t.params,
                 distributions={k: distribution_to_json(d) for k, d in t.distributions.items()},
                 intermediate=dict(t.intermediate_values),
+                hparams=t.user_attrs.get(HPARAMS_ATTR, {}),
+                start=t.datetime_start.timestamp() if t.datetime_start else None,
+                seconds=t.duration.total_seconds() if t.duration else None,
             )
             for t in trials
         ],
