@@ -205,15 +205,19 @@ class PipelineRuns:
 
     def method_run(self, method: str, *, start: bool = False) -> str:
         """The child run of ``method``: found by tags; with ``start`` created (now) when there is none."""
-        found = _find_tagged(
-            self.client, self.experiment_id, {TAG_PIPELINE_RUN: self.parent_id, TAG_METHOD: method, TAG_ROLE: "method"}
-        )
+        key = {TAG_PIPELINE_RUN: self.parent_id, TAG_METHOD: method, TAG_ROLE: "method"}
+        found = _find_tagged(self.client, self.experiment_id, key)
         if found:
             return found
         if not start:
             raise TrackingError(f"no MLflow run for method {method!r} under pipeline run {self.parent_id}")
-        tags = {TAG_PARENT: self.parent_id, TAG_PIPELINE_RUN: self.parent_id, TAG_METHOD: method, TAG_ROLE: "method"}
-        run_id = self.client.create_run(self.experiment_id, run_name=method, tags={**tags, **SOURCE_TAGS}).info.run_id
+        tags = {TAG_PARENT: self.parent_id, **key, **SOURCE_TAGS}
+        run_id = self.client.create_run(self.experiment_id, run_name=method, tags=tags).info.run_id
+        # Two steps of one method starting at once (parallel tasks) may both create it: all keep the earliest.
+        first = _find_tagged(self.client, self.experiment_id, key)
+        if first is not None and first != run_id:
+            self.client.delete_run(run_id)
+            return first
         # The splits prepare_data recorded on the pipeline run: the runs table's Dataset column for each method.
         inputs = self.client.get_run(self.parent_id).inputs.dataset_inputs
         if inputs:
@@ -281,7 +285,17 @@ class PipelineRuns:
         metrics.append(_metric("search/best_value", result.best_value, last + 1))
         tags = {TAG_TRIALS_TABLE: str(TRIALS_TABLE), "autoft.best_trial": str(result.best_trial)}
         self.log(run_id, metrics=metrics, tags=tags)
-        return [self._trial_run(method, run_id, record) for record in best_trials(result.trials, nested)]
+        # A retried report step finds the trial runs its first attempt made instead of adding them twice.
+        made = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{TAG_PARENT}` = '{run_id}' and tags.`{TAG_ROLE}` = 'trial'",
+            max_results=5000,
+        )
+        existing = {run.data.tags.get(TAG_TRIAL): run.info.run_id for run in made}
+        return [
+            existing.get(str(record.number)) or self._trial_run(method, run_id, record)
+            for record in best_trials(result.trials, nested)
+        ]
 
     def _trial_run(self, method: str, method_run: str, record: TrialRecord) -> str:
         """One trial as a nested run of its method's run, over the trial's own start and end."""
@@ -303,7 +317,8 @@ class PipelineRuns:
         if record.value is not None:
             metrics.append(_metric("ood_val_objective", record.value, max(record.intermediate, default=0) + 1))
         self.log(run.info.run_id, params=params, metrics=metrics)
-        end_ms = round((record.start + record.seconds) * 1000) if None not in (record.start, record.seconds) else None
+        timed = record.start is not None and record.seconds is not None
+        end_ms = round((record.start + record.seconds) * 1000) if timed else None  # type: ignore[operator]
         status = "FAILED" if record.state == "FAIL" else "FINISHED"
         self.client.set_terminated(run.info.run_id, status=status, end_time=end_ms)
         return run.info.run_id

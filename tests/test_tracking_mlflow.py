@@ -119,6 +119,7 @@ def test_the_run_tree_registry_and_a_servable_champion_on_postgres_and_gs(
     assert abs(trials[0].info.start_time - ranked[0].datetime_start.timestamp() * 1000) <= 1
     assert abs(trials[0].info.end_time - ranked[0].datetime_complete.timestamp() * 1000) <= 1
     assert client.get_run(method).data.metrics["search/trials_complete"] == 3
+    assert runs.log_search("autoft", result, nested=2) == nested, "a retried report adds no second trial runs"
 
     curves = runs.training_observer("autoft")
     for step in range(1, 4):
@@ -210,3 +211,21 @@ def test_a_method_run_spans_its_own_steps(tmp_path: Path) -> None:
     assert client.get_run(ft).info.status == "FINISHED" and client.get_run(zeroshot).info.status == "FAILED"
     runs.start_methods(["ft"])  # KFP retried ft's step
     assert client.get_run(ft).info.status == "RUNNING"
+
+
+def test_two_steps_creating_one_method_run_at_once_keep_one(tmp_path: Path) -> None:
+    """Parallel tasks of one method may start together: the later creator finds the earlier run and drops its own."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runs = PipelineRuns.open(uri, "race", "kfp-race", start=True)
+    other = PipelineRuns.open(uri, "race", "kfp-race")  # the other task, in another pod
+    create = runs.client.create_run
+    rival: list[str] = []
+
+    def create_after_the_rival(*args: object, **kwargs: object) -> object:
+        rival.extend(other.start_methods(["ft"]))  # the other task got there between our search and our create
+        return create(*args, **kwargs)
+
+    runs.client.create_run = create_after_the_rival  # type: ignore[method-assign]
+    assert runs.method_run("ft", start=True) == rival[0]
+    active = MlflowClient(uri).search_runs([runs.experiment_id], filter_string="tags.`autoft.method` = 'ft'")
+    assert [r.info.run_id for r in active] == rival
