@@ -312,3 +312,41 @@ def test_report_marks_alpha_one_rows_as_their_base_and_states_how_alpha_was_chos
     assert "Alpha 1.0 means no interpolation: autoft_wiseft is identical to its base." in report
     assert paths["WiSE-FT curves"].stat().st_size > 0
     assert "interpolation" not in format_table(_results({"ft": 0.5, "autoft": 0.7}))
+
+
+# ---------------------------------------------------------------------------------------------
+# `autoft step`: a grid point per call, then select-grid; misuse fails before compute with one line
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--method", "ft", "--hparams", "autoft=x.json"], "give --grid-lr LR (one point of it) and no --hparams"),
+        (["--method", "ft"], "--method ft is fine-tuned over baselines.lr_grid [0.0001, 0.0003]"),
+        (["--method", "ft", "--grid-lr", "0.002"], "lr 0.002 is not in the baselines' lr grid [0.0001, 0.0003]"),
+        (["--method", "autoft", "--grid-lr", "0.0001"], "give --hparams, not --grid-lr"),
+    ],
+)
+def test_step_finetune_takes_a_grid_lr_for_ft_and_hparams_for_the_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], expected: str
+) -> None:
+    from autoft.cli import main
+
+    base = ["step", "finetune", "--preset", "smoke", "--data", str(tmp_path / "data"), "--zeroshot", str(tmp_path)]
+    assert main([*base, *argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert expected in err
+    assert not (tmp_path / "out").exists()  # refused before any compute or output
+
+
+def test_step_select_grid_writes_the_chosen_point(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from autoft.cli import main
+
+    points = [_point(tmp_path, _summary("flyp", lr, value)) for lr, value in ((1e-4, 0.91), (3e-4, 0.93))]
+    argv = ["step", "select-grid", "--preset", "smoke", "--method", "flyp", "--out", str(tmp_path / "flyp")]
+    assert main([*argv, *(item for p in points for item in ("--point", str(p)))]) == 0
+    assert "flyp: chose lr 0.0003" in capsys.readouterr().out
+    assert FinetuneSummary.load(tmp_path / "flyp" / FinetuneSummary.FILE).hparams.lr == 3e-4
+    assert main([*argv[:-2], "--method", "autoft", "--out", str(tmp_path / "x"), "--point", str(points[0])]) == 2
+    assert "'autoft' has no lr grid" in capsys.readouterr().err
