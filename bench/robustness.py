@@ -7,17 +7,16 @@ data, so comparisons are paired per seed (``autoft.stats.paired_bootstrap_ci``: 
 the mean difference, 95%).
 
 Per seed it runs the product in-process (``run_inprocess``: zeroshot, ft, flyp, autoft, ft_oodval,
-autoft_ce and the WiSE-FT variants; all searches with the same trials x inner steps) and one extra,
-stronger FT baseline, ``ft_grid``: cross-entropy at each lr of ``--grid-lrs`` (wd 0.1), the product's
-final fine-tuning (30 epochs, best ID-val epoch), the lr with the best ID-val kept (ties: the smaller),
-and its WiSE-FT with alpha chosen on ID-val (``ft_grid_wiseft``). That is the FT of docs/results/regime.md,
-which a 10-step ID-val search does not find (it picks a small lr and an early epoch).
+autoft_ce and the WiSE-FT variants; the searched methods with the same trials x inner steps). ``ft`` is
+the conventional FT: full fine-tunes over ``baselines.lr_grid``, best ID-val epoch and lr (the FT of
+docs/results/regime.md; until issue 19 this script added it as a bench-only ``ft_grid`` because the
+product's ``ft`` was a short ID-val search). WiSE-FT alphas follow ``wiseft.select_on`` (OOD-val by default).
 
 Reported: per seed and mean, OOD avg, ID test and effective robustness (``autoft.effective_robustness``)
-per method; paired differences AutoFT - FT, AutoFT - ft_grid, AutoFT - ft_oodval, AutoFT - autoft_ce,
-AutoFT+WiSE - FT+WiSE, AutoFT+WiSE - ft_grid+WiSE on OOD avg and ID test; an ID-vs-OOD plot with every
-method and the WiSE-FT curves (mean over seeds). Each seed is cached (its run folder and
-``ft_grid.json``), so seeds run as separate processes/chunks and ``--summarise`` merges them.
+per method; paired differences AutoFT - FT, AutoFT - ft_oodval, AutoFT - autoft_ce, AutoFT+WiSE - FT+WiSE
+on OOD avg and ID test; an ID-vs-OOD plot with every method and the WiSE-FT curves (mean over seeds).
+Each seed is cached (its run folder), so seeds run as separate processes/chunks and ``--summarise``
+merges them. The committed results (docs/results/robustness*) predate issue 19 and list ``ft_grid``.
 
     PYTHONPATH=src:. python bench/robustness.py --seeds 0 --run-only        # one seed, ~10-15 min on 1 thread
     PYTHONPATH=src:. python bench/robustness.py --seeds 0 1 2 3 4 --summarise
@@ -45,79 +44,27 @@ import torch
 
 from autoft.atomic import atomic_write_text
 from autoft.config import resolve_config
-from autoft.contracts import PreparedData, Results
-from autoft.data.manifests import load_split
-from autoft.data.transforms import eval_transform
+from autoft.contracts import Results
 from autoft.effective_robustness import load_reference_line
-from autoft.evaluate import accuracy, predict
-from autoft.hparams import Hyperparams
-from autoft.models.checkpoint import load_state_dict_file
-from autoft.models.classifier import load_classifier
 from autoft.runner import RunLayout, run_inprocess
-from autoft.stages import stage_finetune
 from autoft.stats import paired_bootstrap_ci
-from autoft.wiseft import interpolate
 
 REPO = Path(__file__).resolve().parents[1]
-GRID_LRS = (3e-4, 1e-3, 3e-3)
 # The benchmark's search budget per trial (docs/results/fidelity.md: at 10 inner steps the search's top
 # pick ranked 5th of 10 random settings by the final OOD-val, at 30 and 100 first). `make run` keeps the
 # preset's 10. The committed results/robustness run used 10 (compute): see docs/results/digits.md.
 BENCH_INNER_STEPS = 30
-GRID_WD = 0.1
 COMPARISONS = (
     ("autoft", "ft"),
-    ("autoft", "ft_grid"),
     ("autoft", "ft_oodval"),
     ("autoft", "autoft_ce"),
     ("autoft_wiseft", "ft_wiseft"),
-    ("autoft_wiseft", "ft_grid_wiseft"),
 )
 
 
 def seeded_config(preset: str, seed: int, overrides: list[str]):
     # One root seed: the splits, the OOD-val subset, the search and the fine-tuning derive from it.
     return resolve_config(preset=preset, overrides=[f"seed={seed}", "device=cpu", *overrides])
-
-
-def _scores(model, data: PreparedData, splits: dict[str, Any]) -> dict[str, Any]:
-    transform = eval_transform(model.image_spec)
-    acc = {name: accuracy(predict(model, images, transform, batch_size=512)) for name, images in splits.items()}
-    ood = {s: acc[s] for s in data.ood_tests}
-    return {"id_val": acc["id_val"], "id_test": acc["id_test"], "ood": ood, "ood_avg": statistics.mean(ood.values())}
-
-
-def ft_grid(config, layout: RunLayout, lrs: list[float]) -> dict[str, Any]:
-    """The regime's FT: full fine-tuning at each lr, best ID-val wins; its WiSE-FT alpha on ID-val."""
-    data = PreparedData.load_from(layout.data)
-    splits = {name: load_split(data.manifest(name)) for name in ["id_val", "id_test", *data.ood_tests]}
-    grid, best = [], None
-    for lr in lrs:
-        out = layout.root / "ft_grid" / f"lr{lr:g}"
-        summary = stage_finetune(
-            config, layout.data, layout.zeroshot, "ft", Hyperparams({"ce": 1.0}, lr, GRID_WD), out, progress=False
-        )
-        grid.append({"lr": lr, "best_epoch": summary.best_epoch, "best_id_val": summary.best_id_val})
-        if best is None or summary.best_id_val > best[1].best_id_val:
-            best = (out, summary)
-    assert best is not None
-    out, summary = best
-    zeroshot = load_classifier(layout.zeroshot)
-    zs_state = {k: v.clone() for k, v in zeroshot.state_dict().items()}
-    ft_state = load_state_dict_file(out / "model" / "model.safetensors")
-    curve = {}
-    for alpha in config.wiseft.alphas:
-        zeroshot.load_state_dict(interpolate(zs_state, ft_state, alpha))
-        curve[f"{alpha:.2f}"] = _scores(zeroshot, data, splits)
-    wise_alpha = summary.wiseft.best_alpha
-    return {
-        "grid": grid,
-        "lr": summary.hparams.lr,
-        "best_epoch": summary.best_epoch,
-        "ft_grid": curve["1.00"],
-        "ft_grid_wiseft": {**curve[f"{wise_alpha:.2f}"], "wiseft_alpha": wise_alpha},
-        "curve": {a: {"id_test": p["id_test"], "ood_avg": p["ood_avg"]} for a, p in curve.items()},
-    }
 
 
 def run_seed(preset: str, seed: int, args: argparse.Namespace) -> None:
@@ -128,21 +75,12 @@ def run_seed(preset: str, seed: int, args: argparse.Namespace) -> None:
     if not (layout.root / Results.FILE).is_file():
         print(f"== seed {seed}: product run ==", flush=True)
         run_inprocess(config, layout.root, progress=False)
-    grid_file = layout.root / "ft_grid.json"
-    if not grid_file.is_file():
-        print(f"== seed {seed}: ft_grid ==", flush=True)
-        grid_started = time.perf_counter()
-        grid = ft_grid(config, layout, args.grid_lrs)
-        grid["seconds"] = time.perf_counter() - grid_started
-        atomic_write_text(grid_file, json.dumps(grid, indent=1))
     print(f"seed {seed} done in {time.perf_counter() - started:.0f} s", flush=True)
 
 
 def load_seed(preset: str, seed: int, runs: Path) -> dict[str, Any]:
     root = runs / f"{preset}-seed{seed}"
     results = Results.load(root / Results.FILE)
-    grid = json.loads((root / "ft_grid.json").read_text())
-    line = load_reference_line("digits") if results.reference_line is not None else None
     methods: dict[str, dict[str, Any]] = {}
     for name, row in results.methods.items():
         methods[name] = {
@@ -154,24 +92,12 @@ def load_seed(preset: str, seed: int, runs: Path) -> dict[str, Any]:
             "weights": row.hparams.weights if row.hparams else None,
             "wiseft_alpha": row.wiseft_alpha,
         }
-    for name in ("ft_grid", "ft_grid_wiseft"):
-        point = grid[name]
-        methods[name] = {
-            "id_test": point["id_test"],
-            "ood_avg": point["ood_avg"],
-            "ood": point["ood"],
-            "er": line.effective_robustness(point["id_test"], point["ood_avg"]) if line else None,
-            "lr": grid["lr"],
-            "wiseft_alpha": point.get("wiseft_alpha"),
-        }
     curves = {m: {a: p.model_dump() for a, p in c.items()} for m, c in results.wiseft_curves.items()}
-    curves["ft_grid"] = grid["curve"]
     return {
         "seed": seed,
         "methods": methods,
         "curves": curves,
-        "timing_s": {**results.timing_s, "ft_grid": grid.get("seconds", 0.0)},
-        "ft_grid": {"grid": grid["grid"], "lr": grid["lr"], "best_epoch": grid["best_epoch"]},
+        "timing_s": dict(results.timing_s),
         "search": {m: s.model_dump() for m, s in results.search.items()},
     }
 
@@ -252,7 +178,7 @@ def markdown(result: dict[str, Any]) -> str:
 
         per = ", ".join(f"{v:+.1f}" for v in c["ood_avg"]["per_seed"])
         lines.append(f"| {c['a']} - {c['b']} | {ci('ood_avg')} | {ci('id_test')} | {ci('er')} | {per} |")
-    lines += ["", "Chosen hyperparameters per seed (lr; ft_grid: lr from its grid, best epoch):", ""]
+    lines += ["", "Chosen hyperparameters per seed (lr; ft, flyp: the best ID-val lr of their grid):", ""]
     for s in result["per_seed"]:
         lrs = ", ".join(
             f"{m} {r['lr']:.2g}" for m, r in s["methods"].items() if r.get("lr") and not m.endswith("_wiseft")
@@ -260,9 +186,7 @@ def markdown(result: dict[str, Any]) -> str:
         alphas = ", ".join(
             f"{m} {r['wiseft_alpha']:.1f}" for m, r in s["methods"].items() if r.get("wiseft_alpha") is not None
         )
-        lines.append(
-            f"- seed {s['seed']}: {lrs}; ft_grid epoch {s['ft_grid']['best_epoch'] + 1}; WiSE-FT alpha: {alphas}"
-        )
+        lines.append(f"- seed {s['seed']}: {lrs}; WiSE-FT alpha: {alphas}")
     return "\n".join(lines) + "\n"
 
 
@@ -306,7 +230,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--inner-steps", type=int, default=BENCH_INNER_STEPS, help="search.inner_steps of every searched method"
     )
-    parser.add_argument("--grid-lrs", type=float, nargs="+", default=list(GRID_LRS))
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "bench", help="run folders (one per seed)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "robustness")
     parser.add_argument("--summarise", action="store_true", help="merge the seeds' finished runs, run nothing")

@@ -1,5 +1,6 @@
-"""The AutoFT pipeline DSL: prepare -> zero-shot -> per method: study, search workers, best -> fine-tune
--> evaluate every eval set -> report -> gate -> register; an exit handler cleans up.
+"""The AutoFT pipeline DSL: prepare -> zero-shot -> per searched method: study, search workers, best -> fine-tune;
+per conventional baseline (ft, flyp): one fine-tune per lr of its grid, best ID-val point -> evaluate every
+eval set -> report -> gate -> register; an exit handler cleans up.
 
 The methods are fixed when the pipeline is built (one named branch each, so the DAG stays static and
 readable in the Kubeflow UI); everything else about a run is a pipeline parameter.
@@ -12,19 +13,29 @@ from components.create_study.component import create_study
 from components.evaluate.component import evaluate
 from components.finalize.component import finalize
 from components.finetune.component import finetune
+from components.finetune_grid_point.component import finetune_grid_point
 from components.gate.component import gate
+from components.grid_points.component import grid_points
 from components.prepare_data.component import prepare_data
 from components.register.component import register
 from components.report.component import report
 from components.runtime import CANDIDATE_METHODS
 from components.search_worker.component import search_worker
 from components.select_best.component import select_best
+from components.select_grid.component import select_grid
 from kfp import dsl
 from kfp.dsl.graph_component import GraphComponent
 
 from autoft.config import AutoFTConfig
 from autoft.errors import ConfigError
-from autoft.methods import finetuned_methods, hparams_source, method_problems, model_source, searched_methods
+from autoft.methods import (
+    finetuned_methods,
+    grid_methods,
+    hparams_source,
+    method_problems,
+    model_source,
+    searched_methods,
+)
 from pipeline.cluster import ClusterSettings, gpu_task, step, with_datasets, with_mlflow, with_study_storage
 
 PIPELINE_NAME = "autoft"
@@ -55,6 +66,7 @@ def build_pipeline(config: AutoFTConfig, settings: ClusterSettings | None = None
         raise ConfigError("; ".join(problems))
     searched = searched_methods(methods)
     finetuned = finetuned_methods(methods)
+    grid_tuned = grid_methods(methods)
     has_candidate = bool(default_candidate(methods))
     parallelism = settings.search_parallelism
 
@@ -162,9 +174,30 @@ def build_pipeline(config: AutoFTConfig, settings: ClusterSettings | None = None
                 with_study_storage(step(best[method], f"best hyperparameters: {method}", settings.light, settings))
                 best[method].after(search)
 
-            # Fine-tuning: each method from its own search, or a control from the search it borrows.
+            # Fine-tuning: ft and flyp as conventional baselines (a full fine-tune per lr of their grid, side by
+            # side, then the best ID-val point); the others from their own search, or a control from the search
+            # it borrows.
             tuned: dict[str, dsl.PipelineTask] = {}
-            for method in finetuned:
+            for method in grid_tuned:
+                lrs = grid_points(**common, method=method)
+                step(lrs, f"lr grid: {method}", settings.light, settings)
+                with dsl.ParallelFor(lrs.output, parallelism=parallelism, name=f"grid-{method}") as lr:
+                    point = finetune_grid_point(
+                        **common,
+                        **tracked,
+                        method=method,
+                        lr=lr,
+                        prepared=prepared,
+                        zeroshot=zeroshot,
+                        checkpoint_root=checkpoint_root,
+                    )
+                    with_mlflow(step(point, f"fine-tune: {method} (one lr)", settings.finetune, settings))
+                    gpu_task(point, settings, settings.finetune)
+                tuned[method] = select_grid(
+                    **common, **tracked, method=method, points=dsl.Collected(point.outputs["point"])
+                )
+                with_mlflow(step(tuned[method], f"best lr: {method}", settings.light, settings))
+            for method in (m for m in finetuned if m not in grid_tuned):
                 tuned[method] = finetune(
                     **common,
                     **tracked,

@@ -350,7 +350,7 @@ def _captured_output(
 # Steps whose work is far below their process start-up (Python, kfp and the config: ~3 s): a local run
 # executes them in this process, through kfp's own executor with the same executor input, instead of a
 # subprocess. The DAG, the components and their inputs and outputs are the same; a cluster runs each in a pod.
-INPROCESS_STEPS = ("create_study", "select_best")
+INPROCESS_STEPS = ("create_study", "select_best", "grid_points")
 EXECUTOR_MODULE = "kfp.dsl.executor_main"
 # How the other steps start: "fork" (default where fork exists and the steps run on the CPU) forks each from
 # this process after importing what they import once; "subprocess" starts a new interpreter, as kfp.local does.

@@ -52,12 +52,10 @@ def test_robustness_summary_pairs_seeds() -> None:
         for name in (
             "autoft",
             "ft",
-            "ft_grid",
             "ft_oodval",
             "autoft_ce",
             "autoft_wiseft",
             "ft_wiseft",
-            "ft_grid_wiseft",
         ):
             value = autoft if name.startswith("autoft") else ft
             methods[name] = {"id_test": 0.95, "ood_avg": value, "er": value - 0.6, "ood": {}}

@@ -137,7 +137,7 @@ def test_two_processes_match_one_and_a_killed_run_resumes(
         assert ours.train_loss == pytest.approx(theirs.train_loss, rel=1e-4)
         assert ours.terms == pytest.approx(theirs.terms, rel=1e-3, abs=1e-6)
     assert resumed.best_epoch == single.best_epoch
-    assert resumed.wiseft.id_val == single.wiseft.id_val and resumed.wiseft.best_alpha == single.wiseft.best_alpha
+    assert resumed.wiseft.values == single.wiseft.values and resumed.wiseft.best_alpha == single.wiseft.best_alpha
     for folder in ("model", "wiseft"):
         ours = load_file(str(ddp_dir / folder / "model.safetensors"))
         theirs = load_file(str(tmp_path / "single" / folder / "model.safetensors"))

@@ -276,7 +276,7 @@ CASES = [
             "{root}/fts",
         ],
         2,
-        "schema 'autoft.finetune/v1', expected 'autoft.search/v1'",
+        "schema 'autoft.finetune/v2', expected 'autoft.search/v1'",
     ),
     Case(
         "resume another run's checkpoint",

@@ -24,7 +24,7 @@ from pipeline.compile import (
 )
 
 from autoft.config import DEFAULT_PRESET, resolve_config
-from autoft.methods import finetuned_methods, searched_methods
+from autoft.methods import finetuned_methods, grid_methods, searched_methods
 
 REPO = Path(__file__).resolve().parents[1]
 STEP_COMPONENTS = [
@@ -34,13 +34,16 @@ STEP_COMPONENTS = [
     "search-worker",
     "select-best",
     "finetune",
+    "grid-points",
+    "finetune-grid-point",
+    "select-grid",
     "evaluate",
     "report",
     "gate",
     "register",
     "finalize",
 ]
-GPU_STEPS = ("search-worker", "finetune", "evaluate")
+GPU_STEPS = ("search-worker", "finetune", "finetune-grid-point", "evaluate")
 
 
 def load_documents(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -130,7 +133,11 @@ def test_the_dag_has_every_branch_loop_exit_handler_and_condition(
     for method in searched_methods(methods):
         assert {f"create study: {method}", f"search worker: {method}", f"best hyperparameters: {method}"} <= names
     for method in finetuned_methods(methods):
-        assert f"fine-tune: {method}" in names
+        if method in grid_methods(methods):  # ft, flyp: a fine-tune per lr of the grid, then the best one
+            assert {f"lr grid: {method}", f"fine-tune: {method} (one lr)", f"best lr: {method}"} <= names
+            assert f"fine-tune: {method}" not in names
+        else:
+            assert f"fine-tune: {method}" in names
     assert {"prepare data", "zero-shot model", "evaluate", "report", "register champion"} <= names
 
     loops = {name: task for name, task in tasks.items() if "parameterIterator" in task}
@@ -141,6 +148,11 @@ def test_the_dag_has_every_branch_loop_exit_handler_and_condition(
         assert loop["parameterIterator"]["items"]["inputParameter"].endswith("create-study-Output") or (
             "create-study" in loop["parameterIterator"]["items"]["inputParameter"]
         )
+    grid_loops = {t["taskInfo"]["name"]: t for t in loops.values() if t["taskInfo"]["name"].startswith("grid-")}
+    assert set(grid_loops) == {f"grid-{m}" for m in grid_methods(methods)}
+    for loop in grid_loops.values():
+        assert loop["iteratorPolicy"]["parallelismLimit"] == ClusterSettings().search_parallelism
+        assert "grid-points" in loop["parameterIterator"]["items"]["inputParameter"]
     eval_loop = next(t for t in loops.values() if t["taskInfo"]["name"] == "eval-sets")
     assert "prepare-data" in eval_loop["parameterIterator"]["items"]["inputParameter"]
 
@@ -169,7 +181,15 @@ def test_controls_and_wiseft_are_wired_to_the_right_outputs(documents: tuple[dic
     evaluation = by_name["evaluate"][1]["inputs"]["artifacts"]
     # Inside the loop, inputs arrive as loop inputs named after the producing task and output.
     assert evaluation["autoft_wiseft"]["componentInputArtifact"].endswith(f"{key_of['fine-tune: autoft']}-wiseft_model")
-    assert evaluation["ft"]["componentInputArtifact"].endswith(f"{key_of['fine-tune: ft']}-model")
+    assert evaluation["ft"]["componentInputArtifact"].endswith(f"{key_of['best lr: ft']}-model")
+    assert evaluation["flyp_wiseft"]["componentInputArtifact"].endswith(f"{key_of['best lr: flyp']}-wiseft_model")
+    # The select step collects every grid point's folder (a list artifact from the loop's fine-tune task).
+    select = by_name["best lr: ft"][1]["inputs"]["artifacts"]["points"]
+    loop_key = next(key for key, t in tasks.items() if t["taskInfo"]["name"] == "grid-ft")
+    assert select["taskOutputArtifact"] == {
+        "outputArtifactKey": "pipelinechannel--finetune-grid-point-point",
+        "producerTask": loop_key,
+    }
     assert "flyp_wiseft" in evaluation and "ft_oodval_wiseft" in evaluation
 
 
@@ -285,9 +305,9 @@ def test_a_pipeline_without_autoft_has_no_gate(default_config) -> None:
     names = {t.task_info.name for c in components.values() for t in c.dag.tasks.values()} | {
         t.task_info.name for t in tasks.values()
     }
-    assert "report" in names and "fine-tune: ft" in names
+    assert "report" in names and "best lr: ft" in names
     assert not {"register champion", "gate-passed"} & names
-    assert "fine-tune: flyp" not in names
+    assert "best lr: flyp" not in names
 
 
 def test_step_image_comes_from_the_environment_at_compile_time(tmp_path: Path) -> None:

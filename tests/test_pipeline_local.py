@@ -35,12 +35,14 @@ from autoft.contracts import Results
 from conftest import tiny_pipeline_config
 from servers import start_mlflow_server
 
-METHODS = ["zeroshot", "autoft", "autoft_wiseft"]
+METHODS = ["zeroshot", "ft", "autoft", "ft_wiseft", "autoft_wiseft"]
+LR_GRID = [1e-4, 3e-4]  # ft: two full (1-epoch) fine-tunes side by side, then the best ID-val one
 
 
 def tiny_config(**changes: object) -> AutoFTConfig:
     tracking = {"experiment": "kfp-local", "registered_model": "kfp-local-clip"}
-    return tiny_pipeline_config("kfp-local-test", METHODS, **{"tracking": tracking, **changes})
+    baselines = {"lr_grid": LR_GRID}
+    return tiny_pipeline_config("kfp-local-test", METHODS, **{"tracking": tracking, "baselines": baselines, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +65,13 @@ def test_a_whole_run_passes_artifacts_between_all_steps(whole_run: tuple[Path, R
         assert list(row.ood) == ["invert"]
         assert 0.0 <= row.ood_avg <= 1.0
     assert results.methods["autoft_wiseft"].wiseft_alpha in (0.0, 1.0)
+    assert results.wiseft_select_on == "ood_val"
+    # ft: one fine-tune per lr of the grid, the best ID-val point kept (ties: the smaller lr).
+    grid = results.methods["ft"].lr_grid
+    assert [p.lr for p in grid] == LR_GRID and sum(p.chosen for p in grid) == 1
+    best = max(grid, key=lambda p: (p.best_id_val, -p.lr))
+    assert best.chosen and results.methods["ft"].hparams.lr == best.lr
+    assert results.methods["ft"].id_val == pytest.approx(best.best_id_val)
     assert results.search["autoft"].trials_complete == 2
     assert set(results.wiseft_curves["autoft"]) == {"0.00", "1.00"}
     assert {"prepare", "search_autoft", "finetune_autoft", "evaluate"} <= set(results.timing_s)
@@ -71,6 +80,7 @@ def test_a_whole_run_passes_artifacts_between_all_steps(whole_run: tuple[Path, R
     assert {"prepare-data", "build-zeroshot", "create-study", "select-best", "finetune", "report", "gate"} <= tasks
     # Loop iterations are told apart by their index; the evaluate loop runs in two shards.
     assert {"search-worker#0", "search-worker#1", "evaluate#0", "evaluate#1", "register", "finalize"} <= tasks
+    assert {"grid-points", "finetune-grid-point#0", "finetune-grid-point#1", "select-grid"} <= tasks
     assert results.timing_s["kfp_total"] > sum(results.timing_s[f"kfp/{t}"] for t in ("prepare-data", "finetune"))
     for task in tasks:  # each task's own log
         assert (run_dir / "logs" / f"{task.replace('#', '_')}.log").read_text().strip(), task

@@ -26,7 +26,7 @@ def create_study(
         config_yaml: The run's AutoFT config as YAML or JSON (the schema of `autoft config show`).
         config_overrides: KEY=VALUE changes applied on top of config_yaml (dotted keys, YAML values).
         methods: The methods this pipeline was compiled for.
-        method: The searched method whose study this is (autoft, ft, flyp or ft_oodval).
+        method: The searched method whose study this is (autoft or ft_oodval).
         study_storage: Where the studies live: an RDB URL without a password, a folder all steps share
             (kfp.local), or empty for search.storage, then AUTOFT_OPTUNA_STORAGE from the step's secret.
         run_id: The KFP run id; it makes the study name unique to this pipeline run.

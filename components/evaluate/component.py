@@ -49,9 +49,9 @@ def evaluate(
             several sets a folder of <set>.json.
         eval_metrics: Output metrics for the Kubeflow UI: the run's metric per method.
         confusion: Output confusion matrix of the candidate method for the Kubeflow UI.
-        ft: The ft model (cross-entropy, lr and wd searched on ID-val), when the run has it.
+        ft: The ft model (cross-entropy, the best ID-val point of its lr grid), when the run has it.
         ft_wiseft: WiSE-FT of ft, when the run has it.
-        flyp: The flyp model (contrastive loss), when the run has it.
+        flyp: The flyp model (contrastive loss, the best ID-val point of its lr grid), when the run has it.
         flyp_wiseft: WiSE-FT of flyp, when the run has it.
         autoft: The AutoFT model (the learned objective), when the run has it.
         autoft_wiseft: WiSE-FT of autoft, when the run has it.

@@ -1,4 +1,4 @@
-"""finetune: final fine-tuning with the searched hyperparameters, then the WiSE-FT sweep."""
+"""finetune: final fine-tuning with the searched hyperparameters, then the WiSE-FT alpha."""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
@@ -24,7 +24,7 @@ def finetune(
     summary: Output[Artifact],
     finetune_metrics: Output[Metrics],
 ):
-    """Fine-tune from the zero-shot weights, keep the best ID-val epoch, and pick the WiSE-FT alpha on ID-val.
+    """Fine-tune from the zero-shot weights, keep the best ID-val epoch, and pick the WiSE-FT alpha (wiseft.select_on).
 
     The method's MLflow run receives the per-step and per-epoch curves (loss, each term, lr, ID-val), the
     machine's CPU/memory/GPU use while it trains, and both classifiers as MLflow (pyfunc) models.
@@ -33,7 +33,7 @@ def finetune(
         config_yaml: The run's AutoFT config as YAML or JSON (the schema of `autoft config show`).
         config_overrides: KEY=VALUE changes applied on top of config_yaml (dotted keys, YAML values).
         methods: The methods this pipeline was compiled for.
-        method: The fine-tuned method (ft, flyp, autoft, ft_oodval or autoft_ce).
+        method: The fine-tuned method with a search (autoft, ft_oodval or autoft_ce); ft and flyp use the grid steps.
         run_id: The KFP run id (finds the run's MLflow tree).
         mlflow_tracking_uri: MLflow tracking URI; empty uses the config, then MLFLOW_TRACKING_URI.
         output_dir: Optional local or mounted folder of the run (SQLite tracking lives there locally).
@@ -44,8 +44,8 @@ def finetune(
         hparams: The select_best output of the method's own search or, for a control such as autoft_ce, of
             the search it borrows lr and weight decay from.
         model: Output: the fine-tuned classifier (the best ID-val epoch).
-        wiseft_model: Output: its WiSE-FT interpolation with the zero-shot model at the alpha chosen on ID-val.
-        summary: Output JSON (schema autoft.finetune/v1): hyperparameters, every epoch, the alpha sweep.
+        wiseft_model: Output: its WiSE-FT interpolation with the zero-shot model (alpha per wiseft.select_on).
+        summary: Output JSON (schema autoft.finetune/v2): hyperparameters, every epoch, the alpha sweep.
         finetune_metrics: Output metrics for the Kubeflow UI: best ID-val, best epoch, peak lr, WiSE-FT alpha.
     """
     import os

@@ -20,8 +20,6 @@ def report(
     report_md: Output[Markdown],
     report_html: Output[HTML],
     summary_metrics: Output[Metrics],
-    ft_search: Input[Artifact] = None,
-    flyp_search: Input[Artifact] = None,
     autoft_search: Input[Artifact] = None,
     ft_oodval_search: Input[Artifact] = None,
     ft_finetune: Input[Artifact] = None,
@@ -50,8 +48,6 @@ def report(
         report_md: Output Markdown report (table, chosen hyperparameters, plots inline).
         report_html: Output self-contained HTML report.
         summary_metrics: Output metrics for the Kubeflow UI: ID test and OOD average per method.
-        ft_search: select_best output for ft, when the run searches it.
-        flyp_search: select_best output for flyp, when the run searches it.
         autoft_search: select_best output for autoft, when the run searches it.
         ft_oodval_search: select_best output for ft_oodval, when the run searches it.
         ft_finetune: finetune summary for ft, when the run fine-tunes it.
@@ -75,7 +71,7 @@ def report(
     config = load_step_config(config_yaml, config_overrides, methods)
     search_inputs = provided_inputs(
         searched_methods(config.methods),
-        {"ft": ft_search, "flyp": flyp_search, "autoft": autoft_search, "ft_oodval": ft_oodval_search},
+        {"autoft": autoft_search, "ft_oodval": ft_oodval_search},
         "search result",
     )
     finetune_inputs = provided_inputs(

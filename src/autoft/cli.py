@@ -125,15 +125,29 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     nproc = resolve_nproc(args.nproc)  # a bad value fails before any compute
     config = config_from_args(args)
     config.check_method(args.method, purpose="finetune")
-    search_results = parse_assignments(args.hparams, "--hparams", "autoft=run/search/autoft.json")
-    from autoft.methods import searched_methods
+    from autoft.baselines import grid_hparams
+    from autoft.methods import BASE_METHODS, searched_methods
     from autoft.stages import finetune_hparams, stage_finetune
 
-    searched = searched_methods(config.methods)
-    unknown = sorted(set(search_results) - set(searched))
-    if unknown:
-        raise ConfigError(f"--hparams names {unknown}, which this config does not search; searched: {searched}")
-    hparams = finetune_hparams(args.method, {k: Path(v) for k, v in search_results.items()})
+    if BASE_METHODS[args.method].grid:
+        # A conventional baseline: one grid point per call (`autoft step select-grid` keeps the best).
+        if args.grid_lr is None or args.hparams:
+            raise ConfigError(
+                f"--method {args.method} is fine-tuned over baselines.lr_grid {config.baseline_lr_grid}: give "
+                "--grid-lr LR (one point of it) and no --hparams"
+            )
+        hparams = grid_hparams(config, args.method, args.grid_lr)
+    else:
+        if args.grid_lr is not None or not args.hparams:
+            raise ConfigError(
+                f"--method {args.method} fine-tunes with searched hyperparameters: give --hparams, not --grid-lr"
+            )
+        search_results = parse_assignments(args.hparams, "--hparams", "autoft=run/search/autoft.json")
+        searched = searched_methods(config.methods)
+        unknown = sorted(set(search_results) - set(searched))
+        if unknown:
+            raise ConfigError(f"--hparams names {unknown}, which this config does not search; searched: {searched}")
+        hparams = finetune_hparams(args.method, {k: Path(v) for k, v in search_results.items()})
     finished = args.resume and (Path(args.out) / "finetune.json").is_file()
     summary = stage_finetune(
         config,
@@ -151,6 +165,17 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     print(
         f"fine-tuned {args.method}: best epoch {summary.best_epoch + 1}, ID-val {summary.best_id_val:.4f}, "
         f"WiSE-FT alpha {summary.wiseft.best_alpha} -> {args.out}"
+    )
+
+
+def cmd_select_grid(args: argparse.Namespace) -> None:
+    config = config_from_args(args)
+    from autoft.baselines import stage_select_grid
+
+    summary = stage_select_grid(config, args.method, [Path(folder) for folder in args.point], Path(args.out))
+    print(
+        f"{args.method}: chose lr {summary.hparams.lr:g} (ID-val {summary.best_id_val:.4f}, epoch "
+        f"{summary.best_epoch + 1}) of {len(summary.grid)} grid points -> {args.out}"
     )
 
 
@@ -299,7 +324,7 @@ def _add_stage_commands(sub: argparse._SubParsersAction) -> None:
     p = add("search", cmd_search, "run one search worker on a shared Optuna study (total budget across workers)")
     p.add_argument("--data", required=True, help="prepared-data folder")
     p.add_argument("--zeroshot", required=True, help="zero-shot model folder")
-    p.add_argument("--method", default="autoft", help="a searched method of the config: autoft | ft | flyp | ft_oodval")
+    p.add_argument("--method", default="autoft", help="a searched method of the config: autoft | ft_oodval")
     p.add_argument("--storage", required=True, help="a *.journal file or an Optuna RDB URL (postgresql://...)")
     p.add_argument("--workers", type=int, default=1, help="how many workers share the study's total budget")
     p.add_argument(
@@ -315,16 +340,27 @@ def _add_stage_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--storage", required=True, help="the study's storage (it must exist)")
     p.add_argument("--out", required=True, help="JSON file to write (schema autoft.search/v1)")
 
-    p = add("finetune", cmd_finetune, "final fine-tuning with searched hyperparameters, then the WiSE-FT sweep")
+    p = add(
+        "finetune",
+        cmd_finetune,
+        "final fine-tuning with searched hyperparameters (or one lr grid point of ft/flyp), then the WiSE-FT alpha",
+    )
     p.add_argument("--data", required=True, help="prepared-data folder")
     p.add_argument("--zeroshot", required=True, help="zero-shot model folder")
     p.add_argument("--method", default="autoft", help="a fine-tuned method of the config")
     p.add_argument(
         "--hparams",
         action="append",
-        required=True,
+        default=[],
         metavar="METHOD=FILE",
-        help="select-best output per method (controls such as autoft_ce read autoft's)",
+        help="select-best output per method (controls such as autoft_ce read autoft's); not for ft/flyp",
+    )
+    p.add_argument(
+        "--grid-lr",
+        type=float,
+        default=None,
+        metavar="LR",
+        help="ft/flyp only: the lr of this grid point (one of baselines.lr_grid); select-grid keeps the best",
     )
     p.add_argument("--out", required=True, help="output folder (model/, wiseft/, train/, finetune.json)")
     p.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint in --out")
@@ -340,6 +376,13 @@ def _add_stage_commands(sub: argparse._SubParsersAction) -> None:
         default="1",
         help="processes on this node (torchrun + DDP): a number, or 'auto' = one per visible GPU (default 1)",
     )
+
+    p = add("select-grid", cmd_select_grid, "keep the best ID-val grid point of ft/flyp (ties: the smaller lr)")
+    p.add_argument("--method", default="ft", help="a grid-tuned method of the config: ft | flyp")
+    p.add_argument(
+        "--point", action="append", required=True, metavar="FOLDER", help="a finetune --grid-lr output; one per lr"
+    )
+    p.add_argument("--out", required=True, help="output folder (model/, wiseft/, finetune.json with every point)")
 
     p = add("evaluate", cmd_evaluate, "evaluate saved models on one eval set (or any image folder / CSV)")
     p.add_argument("--data", default="", help="prepared-data folder (for --eval-set)")

@@ -255,8 +255,43 @@ class FinetuneConfig(_Strict):
         return self
 
 
+class BaselinesConfig(_Strict):
+    """The conventional baselines ``ft`` and ``flyp``: full fine-tunes over a small lr grid (no search)."""
+
+    lr_grid: list[PositiveFloat] | None = Field(
+        None,
+        description="peak learning rates of the grid, one full fine-tune each, the best ID-val kept (ties: the "
+        "smaller lr); None = search.base_lr x (1/3, 1, 3)",
+    )
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay of every grid run (fixed, not searched)")
+    patience: int = Field(
+        0,
+        ge=0,
+        description="early stopping: a grid run stops after this many epochs without a new best ID-val; 0 = off "
+        "(every run goes to finetune.epochs)",
+    )
+
+    @field_validator("lr_grid")
+    @classmethod
+    def _distinct(cls, value: list[float] | None) -> list[float] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("lr_grid needs at least one learning rate (or null for the default grid)")
+        if len(set(value)) != len(value):
+            raise ValueError(f"lr_grid lists a learning rate twice: {value}")
+        return sorted(value)
+
+
 class WiseFTConfig(_Strict):
     alphas: list[float] = Field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)])
+    select_on: Literal["ood_val", "id_val", "fixed"] = Field(
+        "ood_val",
+        description="how EVERY method's alpha is chosen: the best alpha on OOD-val (the set AutoFT's search "
+        "uses; the run's metric), on ID-val (the selection metric; it almost always picks 1.0), or 'fixed' = "
+        "fixed_alpha",
+    )
+    fixed_alpha: float = Field(0.5, ge=0.0, le=1.0, description="the alpha of select_on: fixed")
 
     @field_validator("alphas")
     @classmethod
@@ -289,6 +324,7 @@ class AutoFTConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
     wiseft: WiseFTConfig = Field(default_factory=WiseFTConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
@@ -317,6 +353,14 @@ class AutoFTConfig(_Strict):
     def ood_val_seed(self) -> int:
         return self.seed if self.data.ood_val.seed is None else self.data.ood_val.seed
 
+    @property
+    def baseline_lr_grid(self) -> list[float]:
+        """The lr grid of ``ft`` and ``flyp``: the configured one, else base_lr x (1/3, 1, 3)."""
+        if self.baselines.lr_grid is not None:
+            return list(self.baselines.lr_grid)
+        base = self.search.base_lr
+        return [float(f"{base / 3:.3g}"), base, float(f"{base * 3:.3g}")]
+
     def search_for(self, method: str) -> SearchConfig:
         """The search config of one searched method: its loss set, its own study name, the derived seed."""
         if method not in self.methods or not BASE_METHODS[base_of(method)].searches:
@@ -342,6 +386,9 @@ class AutoFTConfig(_Strict):
             raise ConfigError(f"--method {method!r} is not fine-tuned; fine-tuned methods here: {allowed}")
         if purpose == "search":
             self.search_for(method)
+        if purpose == "grid" and not (method in BASE_METHODS and BASE_METHODS[method].grid):
+            allowed = [m for m in self.methods if m in BASE_METHODS and BASE_METHODS[m].grid]
+            raise ConfigError(f"--method {method!r} has no lr grid; grid-tuned methods here: {allowed}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -144,15 +144,30 @@ class EpochRecord(BaseModel):
 
 
 class WiseFTChoice(BaseModel):
-    alphas: list[float]
-    id_val: list[float]
+    """How a method's WiSE-FT alpha was chosen (``wiseft.select_on``) and the alpha it got."""
+
+    select_on: str = Field(description="'ood_val' or 'id_val' (the best alpha there; ties: the larger) or 'fixed'")
+    alphas: list[float] = Field(description="the alphas scored (empty for a fixed alpha)")
+    values: list[float] = Field(description="the score of each alpha on select_on's split")
     best_alpha: float
+
+
+class GridPoint(BaseModel):
+    """One full fine-tune of a grid-tuned baseline (``ft``, ``flyp``)."""
+
+    lr: float
+    weight_decay: float
+    best_epoch: int
+    best_id_val: float
+    epochs_run: int
+    stopped_early: bool
+    chosen: bool = False
 
 
 class FinetuneSummary(Contract):
     """What the fine-tune step did: the hyperparameters, each epoch, the kept epoch and the WiSE-FT alpha."""
 
-    SCHEMA: ClassVar[str] = "autoft.finetune/v1"
+    SCHEMA: ClassVar[str] = "autoft.finetune/v2"
     FILE: ClassVar[str] = "finetune.json"
 
     method: str
@@ -165,6 +180,10 @@ class FinetuneSummary(Contract):
     seconds: float = 0.0
     fingerprint: dict[str, str] = Field(default_factory=dict, description="what the run depended on, hashed")
     processes: int = Field(1, ge=1, description="how many processes (DDP ranks) trained it")
+    stopped_early: bool = Field(False, description="ended before finetune.epochs (baselines.patience)")
+    grid: list[GridPoint] = Field(
+        default_factory=list, description="grid-tuned baselines: every lr tried; the chosen one is this run"
+    )
 
 
 class FinetuneJob(Contract):
@@ -209,7 +228,10 @@ class MethodResult(BaseModel):
     ood: dict[str, float]
     ood_avg: float | None = Field(description="mean over the OOD test shifts; None when the data has none")
     hparams: Hyperparams | None = None
-    wiseft_alpha: float | None = None
+    wiseft_alpha: float | None = Field(None, description="a WiSE-FT row's alpha; 1.0 = its base, no interpolation")
+    lr_grid: list[GridPoint] = Field(
+        default_factory=list, description="ft/flyp: every lr of the grid, the chosen one marked"
+    )
     effective_robustness: float | None = Field(
         None,
         description="OOD avg minus the dataset's reference line at this ID test value (Taori et al. 2020), "
@@ -241,6 +263,9 @@ class Results(Contract):
     methods: dict[str, MethodResult]
     search: dict[str, SearchSummary] = Field(default_factory=dict)
     wiseft_curves: dict[str, dict[str, CurvePoint]] = Field(default_factory=dict)
+    wiseft_select_on: str | None = Field(
+        None, description="how every WiSE-FT alpha was chosen: 'ood_val', 'id_val' or 'fixed' (wiseft.select_on)"
+    )
     timing_s: dict[str, float] = Field(default_factory=dict)
     reference_line: ReferenceLine | None = Field(
         None, description="the line the methods' effective robustness is measured against (None: none applies)"

@@ -1,12 +1,14 @@
 """Methods compared in one run: baselines, AutoFT, WiSE-FT variants and controls, as data.
 
 - ``zeroshot``: the zero-shot classifier, no training.
-- ``ft``: cross-entropy only; lr and wd searched on ID-val (the usual practice).
-- ``flyp``: the contrastive loss only; lr and wd searched on ID-val.
+- ``ft``: cross-entropy only; a conventional fine-tune: full runs over the lr grid ``baselines.lr_grid`` at
+  the fixed weight decay ``baselines.weight_decay``, best ID-val epoch and grid point (the paper's FT).
+- ``flyp``: the contrastive loss only; the same grid and selection as ``ft``.
 - ``autoft``: the selected terms; weights, lr and wd searched on OOD-val.
 - ``ft_oodval``: control; cross-entropy with lr and wd searched on the SAME OOD-val set as AutoFT.
 - ``autoft_ce``: control; cross-entropy only at AutoFT's chosen lr and wd.
-- ``<m>_wiseft``: WiSE-FT of method ``m`` with alpha chosen on ID-val.
+- ``<m>_wiseft``: WiSE-FT of method ``m``; every method's alpha is chosen the same way
+  (``wiseft.select_on``: OOD-val by default, ID-val, or a fixed alpha).
 Together the controls separate what the learned objective adds from picking a gentler lr.
 """
 
@@ -29,12 +31,13 @@ class MethodSpec:
     metric: str  # "objective" (config.metric) or "selection" (config.model_selection_metric)
     hparams_from: str | None = None  # reuse another method's searched lr/wd (controls)
     finetunes: bool = True
+    grid: bool = False  # full fine-tunes over baselines.lr_grid, the best ID-val one kept (no search)
 
 
 BASE_METHODS: dict[str, MethodSpec] = {
     "zeroshot": MethodSpec("zeroshot", False, None, None, "id_val", "selection", finetunes=False),
-    "ft": MethodSpec("ft", True, ("ce",), "ce", "id_val", "selection"),
-    "flyp": MethodSpec("flyp", True, ("flyp",), "flyp", "id_val", "selection"),
+    "ft": MethodSpec("ft", False, ("ce",), "ce", "id_val", "selection", grid=True),
+    "flyp": MethodSpec("flyp", False, ("flyp",), "flyp", "id_val", "selection", grid=True),
     "autoft": MethodSpec("autoft", True, None, None, "ood_val", "objective"),
     "ft_oodval": MethodSpec("ft_oodval", True, ("ce",), "ce", "ood_val", "objective"),
     "autoft_ce": MethodSpec("autoft_ce", False, ("ce",), "ce", "ood_val", "objective", hparams_from="autoft"),
@@ -77,6 +80,11 @@ def method_problems(methods: list[str]) -> list[str]:
 
 def searched_methods(methods: list[str]) -> list[str]:
     return [m for m in methods if not is_wiseft(m) and BASE_METHODS[m].searches]
+
+
+def grid_methods(methods: list[str]) -> list[str]:
+    """The conventional baselines of a run: fine-tuned over the lr grid, selected on ID-val."""
+    return [m for m in methods if not is_wiseft(m) and BASE_METHODS[m].grid]
 
 
 def finetuned_methods(methods: list[str]) -> list[str]:

@@ -61,6 +61,7 @@ def assemble_results(
             ood_avg=ood_avg,
             hparams=finetune.hparams if finetune else (search.hparams if search else None),
             wiseft_alpha=finetune.wiseft.best_alpha if finetune and is_wiseft(method) else None,
+            lr_grid=finetune.grid if finetune and not is_wiseft(method) else [],
             effective_robustness=line.effective_robustness(id_test, ood_avg) if line and ood_avg is not None else None,
         )
     curves: dict[str, dict[str, CurvePoint]] = {}
@@ -85,6 +86,7 @@ def assemble_results(
             for method, r in searches.items()
         },
         wiseft_curves=curves,
+        wiseft_select_on=next((f.wiseft.select_on for f in finetunes.values()), None),
         timing_s=timing_s,
         reference_line=line,
     )
@@ -110,8 +112,58 @@ def format_table(results: Results) -> str:
     for method, row in results.methods.items():
         cells = [row.id_val, row.id_test, *(row.ood[s] for s in shifts), row.ood_avg]
         er = [_points(row.effective_robustness)] if with_er else []
-        rows.append("| " + " | ".join([method, *(_percent(v) for v in cells), *er]) + " |")
+        rows.append("| " + " | ".join([method_label(method, row), *(_percent(v) for v in cells), *er]) + " |")
     return "\n".join(rows)
+
+
+def method_label(method: str, row: MethodResult) -> str:
+    """A row's name; a WiSE-FT row shows its alpha, and says so when alpha 1.0 made it its base unchanged."""
+    if row.wiseft_alpha is None:
+        return method
+    if row.wiseft_alpha >= 1.0:
+        return f"{method} (alpha 1.0 = {base_of(method)}, no interpolation)"
+    return f"{method} (alpha {row.wiseft_alpha:g})"
+
+
+SELECT_ON_TEXT = {
+    "ood_val": "the best alpha on OOD-val (the set the AutoFT search scores; so OOD-val is no longer an unseen "
+    "split for the WiSE-FT rows)",
+    "id_val": "the best alpha on ID-val",
+    "fixed": "a fixed alpha (wiseft.fixed_alpha)",
+}
+
+
+def _wiseft_lines(results: Results) -> list[str]:
+    rows = {m: r for m, r in results.methods.items() if r.wiseft_alpha is not None}
+    if not rows:
+        return []
+    how = SELECT_ON_TEXT.get(results.wiseft_select_on or "", f"`{results.wiseft_select_on}`")
+    unchanged = [m for m, r in rows.items() if r.wiseft_alpha is not None and r.wiseft_alpha >= 1.0]
+    lines = [
+        "",
+        f"WiSE-FT rows interpolate each method's fine-tuned weights with the zero-shot weights, "
+        f"theta = (1 - alpha) * zero-shot + alpha * fine-tuned; every method's alpha is chosen the same way: {how} "
+        f"(`wiseft.select_on`). Chosen: " + ", ".join(f"{m} {r.wiseft_alpha:g}" for m, r in rows.items()) + ".",
+    ]
+    if unchanged:
+        verb, bases = ("is", "its base") if len(unchanged) == 1 else ("are", "their bases")
+        lines.append(f"Alpha 1.0 means no interpolation: {', '.join(unchanged)} {verb} identical to {bases}.")
+    return lines
+
+
+def _grid_lines(results: Results) -> list[str]:
+    lines = []
+    for method, row in results.methods.items():
+        if not row.lr_grid:
+            continue
+        points = "; ".join(
+            f"lr {p.lr:.3g}: ID-val {100 * p.best_id_val:.1f} at epoch {p.best_epoch + 1} of {p.epochs_run}"
+            + (" (stopped early)" if p.stopped_early else "")
+            + (" **chosen**" if p.chosen else "")
+            for p in row.lr_grid
+        )
+        lines.append(f"- **{method}** (full fine-tunes, weight decay {row.lr_grid[0].weight_decay:g}): {points}")
+    return lines
 
 
 def _reference_line_lines(results: Results) -> list[str]:
@@ -164,6 +216,34 @@ def plot_id_vs_ood(results: Results, path: Path) -> Path | None:
     return path
 
 
+def plot_wiseft_curves(results: Results, path: Path) -> Path | None:
+    """Each WiSE-FT curve, ID test against OOD avg, every alpha labelled and the chosen one starred."""
+    curves = {m: c for m, c in results.wiseft_curves.items() if any(p.ood_avg is not None for p in c.values())}
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    for method, curve in curves.items():
+        points = [(float(alpha), p) for alpha, p in curve.items() if p.ood_avg is not None]
+        xs = [100 * p.id_test for _, p in points]
+        ys = [100 * p.ood_avg for _, p in points]  # type: ignore[operator]
+        (line,) = ax.plot(xs, ys, "o-", ms=3, label=method)
+        for (alpha, _), x, y in zip(points, xs, ys, strict=True):
+            ax.annotate(f"{alpha:g}", (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
+        row = results.methods.get(f"{method}_wiseft")
+        chosen = [(x, y) for (alpha, _), x, y in zip(points, xs, ys, strict=True) if row and alpha == row.wiseft_alpha]
+        if chosen:
+            ax.scatter(*chosen[0], marker="*", s=160, color=line.get_color(), zorder=4, label=f"{method}_wiseft")
+    ax.set_xlabel(f"ID test {results.metric} (%)")
+    ax.set_ylabel(f"OOD average {results.metric} (%)")
+    how = results.wiseft_select_on or "?"
+    ax.set_title(f"WiSE-FT: ID vs OOD per alpha (0 = zero-shot, 1 = fine-tuned); star = alpha chosen on {how}")
+    ax.title.set_fontsize(8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    _save_figure(fig, path)
+    return path
+
+
 def _hparams_lines(results: Results) -> list[str]:
     lines = []
     for method, row in results.methods.items():
@@ -197,7 +277,10 @@ def write_report(
     out_dir = Path(out_dir)
     plots = out_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    figures: dict[str, Path | None] = {"ID vs OOD": plot_id_vs_ood(results, plots / "id_vs_ood.png")}
+    figures: dict[str, Path | None] = {
+        "ID vs OOD": plot_id_vs_ood(results, plots / "id_vs_ood.png"),
+        "WiSE-FT curves": plot_wiseft_curves(results, plots / "wiseft_curves.png"),
+    }
     for result in searches.values():
         figures.update(plot_search(result, plots))
     search_lines = []
@@ -215,6 +298,7 @@ def write_report(
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in results.timing_s.items())
     images = [f"![{title}]({_data_uri(path)})\n" for title, path in figures.items() if path is not None]
     importance = _importance_lines(searches)
+    grid = _grid_lines(results)
     markdown = "\n".join(
         [
             f"# AutoFT report: preset `{results.preset}`",
@@ -224,9 +308,11 @@ def write_report(
             "",
             format_table(results),
             *_reference_line_lines(results),
+            *_wiseft_lines(results),
             "",
             "## Chosen hyperparameters",
             *_hparams_lines(results),
+            *(["", "### lr grid of the conventional baselines (best ID-val wins)", *grid] if grid else []),
             "",
             "## Search",
             *search_lines,

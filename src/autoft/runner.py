@@ -14,10 +14,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from autoft.atomic import atomic_write_json
+from autoft.baselines import grid_hparams, grid_point_name, stage_select_grid
 from autoft.config import AutoFTConfig, save_config
 from autoft.contracts import EvalResult, FinetuneSummary, PreparedData, Results, SearchResult
 from autoft.errors import caused_by_interrupt
-from autoft.methods import finetuned_methods, is_wiseft, model_source, searched_methods
+from autoft.methods import BASE_METHODS, finetuned_methods, is_wiseft, model_source, searched_methods
 from autoft.report import assemble_results, write_report
 from autoft.stages import (
     finetune_hparams,
@@ -81,6 +82,10 @@ class RunLayout:
 
     def finetune(self, method: str) -> Path:
         return self.root / "models" / method
+
+    def grid_point(self, method: str, lr: float) -> Path:
+        """One full fine-tune of a grid-tuned baseline; the chosen one is copied to :meth:`finetune`."""
+        return self.root / "models" / f"{method}-grid" / grid_point_name(lr)
 
     def eval(self, eval_set: str) -> Path:
         return self.root / "eval" / f"{eval_set}.json"
@@ -147,6 +152,13 @@ def run_inprocess(config: AutoFTConfig, run_dir: Path, progress: bool = True) ->
     search_results = {m: layout.search(m) for m in searched_methods(config.methods)}
     for method in finetuned_methods(config.methods):
         with timed(f"finetune_{method}"):
+            if BASE_METHODS[method].grid:
+                points = [layout.grid_point(method, lr) for lr in config.baseline_lr_grid]
+                for lr, folder in zip(config.baseline_lr_grid, points, strict=True):
+                    hparams = grid_hparams(config, method, lr)
+                    stage_finetune(config, layout.data, layout.zeroshot, method, hparams, folder, progress=progress)
+                stage_select_grid(config, method, points, layout.finetune(method))
+                continue
             hparams = finetune_hparams(method, search_results)
             stage_finetune(
                 config, layout.data, layout.zeroshot, method, hparams, layout.finetune(method), progress=progress

@@ -252,7 +252,7 @@ def stage_finetune(
     nproc: int = 1,
     durable_root: str = "",
 ) -> FinetuneSummary:
-    """Fine-tune with ``hparams``, keep the best ID-val epoch, then sweep WiSE-FT alphas on ID-val.
+    """Fine-tune with ``hparams``, keep the best ID-val epoch, then choose the WiSE-FT alpha (``wiseft.select_on``).
 
     Writes ``model/`` and ``wiseft/`` (saved classifiers), ``train/`` (epoch checkpoints) and
     ``finetune.json`` (:class:`FinetuneSummary`) under ``out_dir``. With ``resume``, a run cut short
@@ -389,6 +389,7 @@ def _finetune_rank(
         dist=dist,
         train_token_embedding=config.model.train_token_embedding,
         on_checkpoint=save_durably,
+        patience=early_stopping_patience(config, method),
     )
     finetuned_state = load_state_dict_file(result.best_state_path)
     model.load_state_dict(finetuned_state)
@@ -397,16 +398,8 @@ def _finetune_rank(
         model.save(out_dir / "model", method=method, hparams=hparams.to_dict(), best_epoch=result.best_epoch)
 
     zeroshot_state = load_state_dict_file(Path(zeroshot_dir) / WEIGHTS_FILE)
-
-    def score(state: dict[str, torch.Tensor]) -> float:
-        model.load_state_dict(state)
-        model.prepare_for_eval()
-        return metric_value(
-            selection, predict_batches(model, id_val, batch_size=config.data.eval_batch_size, dist=dist)
-        )
-
-    wiseft = sweep(zeroshot_state, finetuned_state, config.wiseft.alphas, score)
-    model.load_state_dict(interpolate(zeroshot_state, finetuned_state, wiseft.best_alpha))
+    choice = choose_wiseft_alpha(config, data, model, zeroshot_state, finetuned_state, settings, dist)
+    model.load_state_dict(interpolate(zeroshot_state, finetuned_state, choice.best_alpha))
     model.prepare_for_eval()
     summary = FinetuneSummary(
         method=method,
@@ -415,19 +408,58 @@ def _finetune_rank(
         best_id_val=result.best_value,
         peak_lr=result.peak_lr,
         history=[EpochRecord(**vars(record)) for record in result.history],
-        wiseft=WiseFTChoice(alphas=wiseft.alphas, id_val=wiseft.values, best_alpha=wiseft.best_alpha),
+        wiseft=choice,
         seconds=round(time.perf_counter() - started, 3),
         fingerprint=fingerprint,
         processes=dist.world_size,
+        stopped_early=result.stopped_early,
     )
     if dist.is_main:
         model.save(
-            out_dir / "wiseft", method=f"{method}_wiseft", hparams=hparams.to_dict(), wiseft_alpha=wiseft.best_alpha
+            out_dir / "wiseft", method=f"{method}_wiseft", hparams=hparams.to_dict(), wiseft_alpha=choice.best_alpha
         )
         summary.save(out_dir / FinetuneSummary.FILE)
         (out_dir / "train" / BEST_WEIGHTS).unlink(missing_ok=True)  # kept in model/ now
     dist.barrier()
     return summary
+
+
+def early_stopping_patience(config: AutoFTConfig, method: str) -> int:
+    """Grid-tuned baselines stop early on ID-val (``baselines.patience``); the other methods run every epoch."""
+    return config.baselines.patience if BASE_METHODS[method].grid else 0
+
+
+def choose_wiseft_alpha(
+    config: AutoFTConfig,
+    data: PreparedData,
+    model: CLIPClassifier,
+    zeroshot_state: dict[str, torch.Tensor],
+    finetuned_state: dict[str, torch.Tensor],
+    settings: InputSettings,
+    dist: Dist = SINGLE,
+) -> WiseFTChoice:
+    """The WiSE-FT alpha, chosen the same way for every method (``wiseft.select_on``).
+
+    On OOD-val (the default: the set AutoFT's search scores, with the run's metric) or on ID-val (the
+    selection metric) every alpha of ``wiseft.alphas`` is scored and the best kept (ties: the larger alpha,
+    the less interpolated model); ``fixed`` takes ``wiseft.fixed_alpha`` without scoring. ``model`` is left
+    holding some interpolation: load the chosen one after.
+    """
+    options = config.wiseft
+    if options.select_on == "fixed":
+        return WiseFTChoice(select_on="fixed", alphas=[], values=[], best_alpha=options.fixed_alpha)
+    metric = config.metric if options.select_on == "ood_val" else config.model_selection_metric
+    images = ImageBatches(load_split(data.manifest(options.select_on)), eval_transform(model.image_spec), settings)
+
+    def score(state: dict[str, torch.Tensor]) -> float:
+        model.load_state_dict(state)
+        model.prepare_for_eval()
+        return metric_value(metric, predict_batches(model, images, batch_size=config.data.eval_batch_size, dist=dist))
+
+    swept = sweep(zeroshot_state, finetuned_state, options.alphas, score)
+    return WiseFTChoice(
+        select_on=options.select_on, alphas=swept.alphas, values=swept.values, best_alpha=swept.best_alpha
+    )
 
 
 def finetune_fingerprint(
@@ -455,6 +487,7 @@ def finetune_fingerprint(
                 config.model_selection_metric,
                 config.search.dcm_sign,
                 config.model.train_token_embedding,
+                early_stopping_patience(config, method),
             ]
         ),
     }

@@ -240,6 +240,7 @@ class FinetuneResult:
     history: list[EpochRecord]
     best_state_path: Path
     peak_lr: float
+    stopped_early: bool = False  # ended before config.epochs: ``patience`` epochs without a new best ID-val
 
 
 CHECKPOINT_DIR = "checkpoint"
@@ -433,6 +434,7 @@ def finetune(
     progress: bool = True,
     fingerprint: dict[str, str] | None = None,
     observer: TrainingObserver | None = None,
+    patience: int = 0,
 ) -> FinetuneResult:
     """:func:`finetune_batches` on two splits (each batched once, in memory when it fits the budget)."""
     settings = InputSettings(device, memory_budget_mb, num_workers)
@@ -451,7 +453,13 @@ def finetune(
         progress=progress,
         fingerprint=fingerprint,
         observer=observer,
+        patience=patience,
     )
+
+
+def patience_exhausted(last_epoch: int, best_epoch: int, patience: int) -> bool:
+    """Early stopping on ID-val: ``patience`` epochs have passed since the best one (0 = never stop)."""
+    return patience > 0 and last_epoch - best_epoch >= patience
 
 
 def finetune_batches(
@@ -473,8 +481,12 @@ def finetune_batches(
     dist: Dist = SINGLE,
     train_token_embedding: bool = True,
     on_checkpoint: Callable[[int], None] | None = None,
+    patience: int = 0,
 ) -> FinetuneResult:
     """Fine-tune ``model`` in place with ``hparams``; the best ID-val epoch's weights are saved.
+
+    ``patience`` > 0 stops early once that many epochs passed without a new best ID-val (the schedule
+    stays the one of ``config.epochs``, so a stopped run is the same run cut short, and resumes as such).
 
     ``on_checkpoint(epoch)`` runs on rank 0 once an epoch's checkpoint is complete in ``out_dir`` (the
     durable copy a retried step resumes from, :mod:`autoft.durable`).
@@ -523,7 +535,13 @@ def finetune_batches(
         history = [EpochRecord(**json.loads(item)) for item in payload["history"]]
 
     show = progress and dist.is_main
+    stopped_early = False
     for epoch in range(start_epoch, config.epochs):
+        if patience_exhausted(epoch - 1, best_epoch, patience):
+            stopped_early = True
+            if show:
+                tqdm.write(f"early stop after epoch {epoch}: no better ID-val for {patience} epochs")
+            break
         # The order is a function of (seed, epoch), so a resumed epoch (and every rank) sees the same batches.
         batches = epoch_batches(
             train,
@@ -589,4 +607,5 @@ def finetune_batches(
         history=history,
         best_state_path=out_dir / BEST_WEIGHTS,
         peak_lr=loop.peak_lr,
+        stopped_early=stopped_early,
     )

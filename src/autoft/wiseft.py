@@ -30,7 +30,7 @@ def interpolate(
 @dataclass
 class WiseFTSweep:
     alphas: list[float]
-    values: list[float]  # the selection metric on ID-val per alpha
+    values: list[float]  # the score of each alpha on the split alpha is chosen on
     best_alpha: float
 
     def value_at(self, alpha: float) -> float:
@@ -43,7 +43,7 @@ def sweep(
     alphas: Sequence[float],
     score: Callable[[dict[str, torch.Tensor]], float],
 ) -> WiseFTSweep:
-    """Score every alpha on ID-val; the best alpha (ties: the larger) is the one reported."""
+    """Score every alpha (on OOD-val or ID-val, per wiseft.select_on); the best alpha (ties: the larger) is kept."""
     values = [score(interpolate(zeroshot, finetuned, alpha)) for alpha in alphas]
     best = max(range(len(alphas)), key=lambda i: (values[i], alphas[i]))
     return WiseFTSweep(alphas=list(alphas), values=values, best_alpha=alphas[best])
