@@ -278,3 +278,10 @@ def test_a_search_on_ood_val_stores_the_se_and_the_re_scored_best_trials(tmp_pat
     assert winner.top[0].holdout_score == best.holdout
     assert winner.winner_drop == pytest.approx(best.value - best.holdout)  # type: ignore[operator]
     assert type(result).load(tmp_path / "autoft.json").winner == winner
+
+
+def test_a_crowd_within_one_se_is_listed_briefly() -> None:
+    check = check_winner([_trial(i, 0.80 - 0.001 * i) for i in range(15)], top_k=5)
+    assert check is not None and check.within_se == list(range(1, 15)) and len(check.top) == 5
+    summary = SearchSummary(trials_complete=15, best_value=0.8, storage="s", winner=check)
+    assert "trials 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 and 4 more are within one SE" in winner_lines("m", summary, "acc")[0]

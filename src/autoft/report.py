@@ -148,6 +148,9 @@ def _ood_val_size_line(results: Results) -> list[str]:
     ]
 
 
+SHOWN_TRIALS = 10  # trial numbers listed within one SE of the winner (a 500-trial search may have dozens)
+
+
 def _se(value: float | None) -> str:
     return "" if value is None else f" ± {100 * value:.1f}"
 
@@ -160,8 +163,10 @@ def winner_lines(method: str, summary: SearchSummary, metric: str) -> list[str]:
     best = check.top[0]
     margin = "no other trial" if check.margin is None else f"margin over the next best {100 * check.margin:.1f} points"
     if check.flagged:
+        shown = ", ".join(map(str, check.within_se[:SHOWN_TRIALS]))
+        more = f" and {len(check.within_se) - SHOWN_TRIALS} more" if len(check.within_se) > SHOWN_TRIALS else ""
         verdict = (
-            f"**within one SE**: trials {', '.join(map(str, check.within_se))} are within one SE of the winner, "
+            f"**within one SE**: trials {shown}{more} are within one SE of the winner, "
             "which the search cannot tell apart from them"
         )
     elif check.best_se is None:
