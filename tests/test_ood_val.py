@@ -197,11 +197,15 @@ def test_a_winner_within_one_se_is_flagged_and_the_curse_is_the_mean_drop() -> N
     assert [r.number for r in check.top] == [1, 2, 0]
     assert check.winner_drop == pytest.approx(0.06)
     assert check.winners_curse == pytest.approx((0.06 + 0.02 + 0.01) / 3)
+    # The held-out images' difficulty over all trials (median drop), the winner's held-out rank, agreement.
+    assert check.holdout_offset == pytest.approx(0.015)
+    assert check.winner_holdout_rank == 2 and check.rank_agreement == pytest.approx(0.8)
     clear = check_winner([_trial(0, 0.9, se=0.01), _trial(1, 0.8, se=0.01)], top_k=5)
     assert clear is not None and not clear.flagged and clear.within_se == [] and clear.winners_curse is None
     lines = winner_lines("autoft", SearchSummary(trials_complete=4, best_value=0.8, storage="s", winner=check), "acc")
     assert "**within one SE**: trials 2" in lines[0] and "80.0 ± 2.0" in lines[0]
     assert "| 1 | 80.0 ± 2.0 | 74.0 | +6.0 |" in lines
+    assert any("lose +1.5 beyond it" in line and "ranks 2 on the held-out" in line for line in lines)
     assert check_winner([TrialRecord(number=0, state="FAIL", value=None, params={})], 3) is None
 
 
@@ -285,3 +289,14 @@ def test_a_crowd_within_one_se_is_listed_briefly() -> None:
     assert check is not None and check.within_se == list(range(1, 15)) and len(check.top) == 5
     summary = SearchSummary(trials_complete=15, best_value=0.8, storage="s", winner=check)
     assert "trials 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 and 4 more are within one SE" in winner_lines("m", summary, "acc")[0]
+
+
+def test_spearman_without_scipy_matches_scipy_with_ties() -> None:
+    from scipy.stats import spearmanr
+
+    from autoft.search.winner import spearman_rho
+
+    x = [0.8, 0.8, 0.7, 0.1, 0.1, 0.5, 0.9]
+    y = [0.7, 0.75, 0.7, 0.1, 0.2, 0.4, 0.6]
+    assert spearman_rho(x, y) == pytest.approx(spearmanr(x, y).statistic)
+    assert spearman_rho([1.0, 1.0, 1.0], [0.1, 0.2, 0.3]) is None and spearman_rho([1.0], [2.0]) is None

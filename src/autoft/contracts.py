@@ -144,6 +144,15 @@ class WinnerCheck(BaseModel):
         description="mean of search minus held-out score over ``top`` (None without held-out images)"
     )
     winner_drop: float | None = Field(description="the winner's search minus held-out score")
+    holdout_offset: float | None = Field(
+        None,
+        description="median of search minus held-out score over every complete trial: how much harder or easier "
+        "the held-out images are; the best trials' drop beyond it is the winner's curse",
+    )
+    winner_holdout_rank: int | None = Field(None, description="the winner's rank by held-out score (1 = best)")
+    rank_agreement: float | None = Field(
+        None, description="Spearman's rho of search and held-out scores over the complete trials"
+    )
 
 
 class SearchResult(Contract):

@@ -23,6 +23,7 @@ from autoft.contracts import (
     Results,
     SearchResult,
     SearchSummary,
+    WinnerCheck,
 )
 from autoft.effective_robustness import reference_line_for
 from autoft.errors import DataError
@@ -155,6 +156,22 @@ def _se(value: float | None) -> str:
     return "" if value is None else f" ± {100 * value:.1f}"
 
 
+def _holdout_context(check: WinnerCheck) -> str:
+    """What the drop means: the two sets' difference in difficulty over all trials, and the winner's rank."""
+    parts = []
+    if check.holdout_offset is not None and check.winners_curse is not None:
+        parts.append(
+            f"Over all trials the median drop is {_points(check.holdout_offset)} (the held-out images' difficulty), "
+            f"so the best trials lose {_points(check.winners_curse - check.holdout_offset)} beyond it (the winner's "
+            "curse)."
+        )
+    if check.winner_holdout_rank is not None:
+        parts.append(f"The winner ranks {check.winner_holdout_rank} on the held-out images.")
+    if check.rank_agreement is not None:
+        parts.append(f"Rank agreement of the two scores over all trials: Spearman {check.rank_agreement:.2f}.")
+    return " ".join(parts)
+
+
 def winner_lines(method: str, summary: SearchSummary, metric: str) -> list[str]:
     """The winner's SE and margin, a flag when it is within one SE, and the re-scored best trials."""
     check = summary.winner
@@ -193,7 +210,7 @@ def winner_lines(method: str, summary: SearchSummary, metric: str) -> list[str]:
             ),
             "",
             f"Mean drop over these trials {_points(check.winners_curse)} points; the winner's "
-            f"{_points(check.winner_drop)}.",
+            f"{_points(check.winner_drop)}. {_holdout_context(check)}",
             "",
         ]
     return lines

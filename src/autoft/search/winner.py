@@ -10,11 +10,35 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from autoft.contracts import RescoredTrial, TrialRecord, WinnerCheck
 
 
 def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
+
+
+def _ranks(values: list[float]) -> np.ndarray:
+    """Ranks 1..n, ties sharing their average rank (as Spearman's rho wants)."""
+    array = np.asarray(values, dtype=float)
+    order = np.argsort(array, kind="stable")
+    ranks = np.empty(len(array))
+    ranks[order] = np.arange(1, len(array) + 1)
+    for value in np.unique(array):
+        tied = array == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def spearman_rho(x: list[float], y: list[float]) -> float | None:
+    """Spearman's rank correlation (numpy only: select-best starts without scipy); None when undefined."""
+    if len(x) < 3:
+        return None
+    rx, ry = _ranks(x), _ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return None
+    return float(np.corrcoef(rx, ry)[0, 1])
 
 
 def check_winner(trials: list[TrialRecord], top_k: int) -> WinnerCheck | None:
@@ -41,6 +65,10 @@ def check_winner(trials: list[TrialRecord], top_k: int) -> WinnerCheck | None:
         for t in done[:top_k]
     ]
     drops = [r.search_score - r.holdout_score for r in top if r.holdout_score is not None]
+    paired = [(float(t.value), float(t.holdout)) for t in done if _finite(t.holdout)]  # type: ignore[arg-type]
+    winner_rank = None
+    if paired and _finite(best.holdout):
+        winner_rank = 1 + sum(1 for _, held in paired if held > float(best.holdout))  # type: ignore[arg-type]
     return WinnerCheck(
         best_se=se,
         margin=margin,
@@ -49,4 +77,7 @@ def check_winner(trials: list[TrialRecord], top_k: int) -> WinnerCheck | None:
         top=top,
         winners_curse=sum(drops) / len(drops) if drops else None,
         winner_drop=top[0].search_score - top[0].holdout_score if top[0].holdout_score is not None else None,
+        holdout_offset=float(np.median([a - b for a, b in paired])) if paired else None,
+        winner_holdout_rank=winner_rank,
+        rank_agreement=spearman_rho([a for a, _ in paired], [b for _, b in paired]) if paired else None,
     )
