@@ -203,7 +203,9 @@ def test_a_winner_within_one_se_is_flagged_and_the_curse_is_the_mean_drop() -> N
     clear = check_winner([_trial(0, 0.9, se=0.01), _trial(1, 0.8, se=0.01)], top_k=5)
     assert clear is not None and not clear.flagged and clear.within_se == [] and clear.winners_curse is None
     lines = winner_lines("autoft", SearchSummary(trials_complete=4, best_value=0.8, storage="s", winner=check), "acc")
-    assert "**within one SE**: trials 2" in lines[0] and "80.0 ± 2.0" in lines[0]
+    assert "**within one SE**: trials 2" in lines[0] and "80.0 ± 2.0 on the search's OOD-val" in lines[0]
+    id_val_search = winner_lines("ft", SearchSummary(trials_complete=4, best_value=0.8, storage="s", winner=check), "a")
+    assert "80.0 ± 2.0 on ID-val" in id_val_search[0]
     assert "| 1 | 80.0 ± 2.0 | 74.0 | +6.0 |" in lines
     assert any("lose +1.5 beyond it" in line and "ranks 2 on the held-out" in line for line in lines)
     assert check_winner([TrialRecord(number=0, state="FAIL", value=None, params={})], 3) is None

@@ -27,7 +27,7 @@ from autoft.contracts import (
 )
 from autoft.effective_robustness import reference_line_for
 from autoft.errors import DataError
-from autoft.methods import base_of, is_wiseft
+from autoft.methods import BASE_METHODS, base_of, is_wiseft
 from autoft.search_insight import importances, plot_search
 
 
@@ -172,6 +172,12 @@ def _holdout_context(check: WinnerCheck) -> str:
     return " ".join(parts)
 
 
+def _scored_set(method: str) -> str:
+    """The split a method's search scores, as the report names it."""
+    spec = BASE_METHODS.get(base_of(method))
+    return "ID-val" if spec is not None and spec.val_split == "id_val" else "the search's OOD-val"
+
+
 def winner_lines(method: str, summary: SearchSummary, metric: str) -> list[str]:
     """The winner's SE and margin, a flag when it is within one SE, and the re-scored best trials."""
     check = summary.winner
@@ -192,7 +198,7 @@ def winner_lines(method: str, summary: SearchSummary, metric: str) -> list[str]:
         verdict = "more than one SE"
     lines = [
         f"- **{method}** winner: trial {best.number}, {metric} {100 * best.search_score:.1f}{_se(check.best_se)} "
-        f"on the search's OOD-val; {margin}: {verdict}."
+        f"on {_scored_set(method)}; {margin}: {verdict}."
     ]
     if any(r.holdout_score is not None for r in check.top):
         lines += [
