@@ -1,10 +1,11 @@
 """How much OOD-val data does AutoFT need? The search's OOD-val subset at several sizes, paired by seed.
 
-For each seed and each size N (``data.ood_val.size``, class-balanced), the product runs zero-shot and
-AutoFT only (``run_inprocess`` with ``methods=[zeroshot,autoft]``; search budget and everything else as
-given with ``--set``). The OOD-val pool is raised to ``--pool`` images (``data.options.ood_val_min_size``:
-shifted copies of the held-out digits at the colorize severities) so every size draws from the same
-pool; the OOD test splits do not depend on it. Reported per size: OOD avg, ID test, effective
+For each seed and each size N (``data.ood_val.size``, class-balanced; distinct digits since the OOD-val
+counts source images, at most the 310 held-out ones), the product runs zero-shot and AutoFT only
+(``run_inprocess`` with ``methods=[zeroshot,autoft]``; search budget and everything else as given with
+``--set``). The OOD-val pool is raised to ``--pool`` examples (``data.options.ood_val_min_size``: more
+rounds of shifted copies of the same held-out digits, each in another OOD-val family) so every size
+draws from the same pool; the OOD test splits do not depend on it. Reported per size: OOD avg, ID test, effective
 robustness and the search's own OOD-val score, and the paired differences (size N minus the largest
 size) with 95% bootstrap CIs over seeds.
 

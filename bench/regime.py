@@ -209,7 +209,15 @@ def reference_models(bench: Benchmark, model_name: str, work: Path, cache: Path)
         model = build_zeroshot_classifier(
             model_name, "", bench.data.class_names, bench.data.templates, bench.config.model.head_mode
         )
-        config = bench.config.finetune.model_copy(update={"epochs": epochs, "warmup_steps": min(20, 7 * epochs - 1)})
+        # Warmup shorter than the run (id_train's full batches per epoch; 7 with 454 digits, 5 with 324).
+        steps_per_epoch = max(len(bench.train) // bench.config.finetune.batch_size, 1)
+        config = bench.config.finetune.model_copy(
+            update={
+                "epochs": epochs,
+                "warmup_steps": min(20, steps_per_epoch * epochs - 1),
+                "seed": bench.config.finetune_seed,  # the root seed: finetune.seed is None in the preset
+            }
+        )
         state, _ = train_ce(model, bench, REFERENCE_LR, config, work / f"ref{epochs}")
         model.load_state_dict(state)
         scores = bench.score(model)

@@ -374,6 +374,12 @@ def test_select_best_writes_effective_hparams_and_metrics(best: tuple[Artifact, 
     assert metrics.metadata["lr"] == pytest.approx(payload["hparams"]["lr"])
     assert metrics.metadata["trials_complete"] == 2
     assert "w_hinge" in metrics.metadata
+    # The winner check: the best value's SE over source images and the held-out re-score reach the UI.
+    assert (
+        metrics.metadata["best_se"] == pytest.approx(payload["winner"]["best_se"]) and payload["winner"]["best_se"] > 0
+    )
+    assert metrics.metadata["winner_within_one_se"] == float(payload["winner"]["flagged"])
+    assert payload["winner"]["top"][0]["holdout_score"] is not None
 
 
 def test_finetune_outputs_model_wiseft_model_and_summary(

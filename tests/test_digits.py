@@ -25,6 +25,7 @@ from autoft.data.ds_digits import (
 )
 from autoft.data.fonts import FONT_FILES, _glyph, family_of, render_font_digits
 from autoft.data.manifests import DatasetSplits, load_split, read_manifest
+from autoft.data.options import DIGITS_OOD_TEST_SHIFTS
 from autoft.data.registry import get_builder
 from autoft.data.shifts import FAR_SHIFTS, NEAR_SHIFTS, SHIFTS, ShiftError, apply_shift
 from autoft.data.transforms import eval_transform
@@ -118,9 +119,11 @@ def test_builder_contract(built: tuple[Path, DatasetSplits]) -> None:
     folder, splits = built
     splits.check()
     assert splits.class_names == CLASS_NAMES and splits.templates == TEMPLATES
-    ood_val_shift = read_manifest(folder / splits.manifests["ood_val_source"])["shift"]
-    assert len(splits.ood_tests) >= 4 and splits.ood_val_set.startswith(ood_val_shift)
-    assert ood_val_shift not in splits.ood_tests
+    families = read_manifest(folder / splits.manifests["ood_val_source"])["families"]
+    assert len(splits.ood_tests) >= 4 and splits.ood_val_set.startswith(
+        ", ".join(sorted(set(families), key=families.index))
+    )
+    assert not set(families) & set(splits.ood_tests)
     assert {SHIFTS[s].kind for s in splits.ood_tests} == {"near", "far"}
     for name, manifest in splits.manifests.items():
         split = load_split(folder / manifest)
@@ -161,6 +164,24 @@ def test_sizes_and_labels(built: tuple[Path, DatasetSplits]) -> None:
     assert len(severities) == len(ood_val) and len(set(severities)) == 5
 
 
+def test_ood_val_families_and_distinct_images(built: tuple[Path, DatasetSplits]) -> None:
+    """Several OOD-val families, none a test family, each in every class; >= 300 distinct source digits;
+    an image's copies are in different families; the holdout draw is the id_val digits, disjoint from it."""
+    folder, splits = built
+    manifest = read_manifest(folder / splits.manifests["ood_val_source"])
+    families, rows = np.asarray(manifest["families"]), np.asarray(manifest["source_indices"])
+    _, labels = load_digit_images()
+    assert len(set(families)) >= 3 and not set(families) & set(DIGITS_OOD_TEST_SHIFTS)
+    assert manifest["distinct_images"] == len(set(rows.tolist())) >= 300
+    for family in set(families):
+        assert set(labels[rows[families == family]].tolist()) == set(range(10)), family
+    for row in np.unique(rows):
+        assert len(set(families[rows == row])) == int((rows == row).sum()), "copies share a family"
+    holdout = np.asarray(read_manifest(folder / splits.manifests["ood_val_holdout_source"])["source_indices"])
+    assert set(holdout.tolist()) == set(_rows(folder, splits, "id_val").tolist())
+    assert not set(holdout.tolist()) & set(rows.tolist())
+
+
 def test_splits_are_deterministic_from_the_seed(built: tuple[Path, DatasetSplits], tmp_path: Path) -> None:
     folder, splits = built
     again = _build(tmp_path / "same")
@@ -197,8 +218,10 @@ def test_pretraining_pool_is_the_same_for_every_seed(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"ood_val_shfit": "invert"}, "ood_val_shfit"),
-        ({"ood_val_shift": "invert"}, "also an OOD test shift"),
+        ({"ood_val_shfit": ["thin"]}, "ood_val_shfit"),
+        ({"ood_val_shifts": ["colorize", "invert"]}, r"ood_val_shifts \['invert'\] are also OOD test shifts"),
+        ({"ood_val_shifts": ["fog"]}, r"ood_val_shifts: unknown \['fog'\]"),
+        ({"ood_val_shifts": []}, "ood_val_shifts must not be empty"),
         ({"ood_test_shifts": ["fog"]}, r"ood_test_shifts: unknown \['fog'\]"),
         ({"fractions": {"id_train": 0.5, "id_val": 0.5, "ood_val": 0.5, "test": 0.5}}, "sum to 1"),
         ({"test_severity": 9}, "test_severity"),

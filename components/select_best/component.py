@@ -30,7 +30,8 @@ def select_best(
         study_storage: The same study_storage the create_study step was given.
         run_id: The KFP run id (part of the study name).
         best_hparams: Output JSON (schema autoft.search/v1): the best hyperparameters and every trial.
-        search_metrics: Output metrics for the Kubeflow UI: best value, trial count, lr, weight decay, weights.
+        search_metrics: Output metrics for the Kubeflow UI: best value, trial count, lr, weight decay, weights,
+            the best value's standard error, the within-one-SE flag and the winner's curse.
     """
     from autoft.study_stages import stage_select_best
     from components.runtime import load_step_config, run_scoped, study_storage_reference, study_storage_url
@@ -55,3 +56,9 @@ def select_best(
     search_metrics.log_metric("weight_decay", result.hparams.weight_decay)
     for term, weight in result.hparams.weights.items():
         search_metrics.log_metric(f"w_{term}", weight)
+    if result.winner is not None:  # the winner's SE, its flag and the winner's curse (docs/method.md)
+        winner = result.winner
+        search_metrics.log_metric("winner_within_one_se", float(winner.flagged))
+        for name, value in (("best_se", winner.best_se), ("winners_curse", winner.winners_curse)):
+            if value is not None:
+                search_metrics.log_metric(name, value)

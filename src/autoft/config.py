@@ -98,9 +98,22 @@ class ModelConfig(_Strict):
 
 
 class OodValConfig(_Strict):
-    size: int = Field(1000, ge=1, description="number of OOD-val examples used by the search")
-    class_balanced: bool = Field(False, description="sample size // classes per class present")
+    size: int = Field(
+        1000,
+        ge=1,
+        description="distinct source images the search scores (an image brings all its shifted copies; "
+        "capped by the source)",
+    )
+    class_balanced: bool = Field(False, description="sample size // classes images per class present")
     seed: int | None = Field(None, description="draws the subset; None = the root seed")
+    holdout_size: int = Field(
+        1000,
+        ge=0,
+        description="distinct source images held out from the search (disjoint from its OOD-val) on which "
+        "every trial is also scored, to re-score the best trials (winner's curse); capped by what the "
+        "data has; 0 = none",
+    )
+    rescore_top_k: int = Field(5, ge=1, description="how many of the search's best trials the report re-scores")
 
 
 class EvalSetConfig(_Strict):

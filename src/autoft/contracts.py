@@ -75,6 +75,10 @@ class PreparedData(Contract):
     ood_val_set: str
     ood_tests: list[str]
     ood_val_indices_hash: str
+    ood_val_distinct: int = Field(0, description="distinct source images in the search's OOD-val (0: not counted)")
+    ood_val_examples: int = Field(0, description="examples in the search's OOD-val (copies included)")
+    ood_val_holdout_distinct: int = Field(0, description="distinct images held out to re-score the best trials")
+    ood_val_holdout_examples: int = 0
     extra: dict[str, Any] = Field(default_factory=dict)
     _folder: Path = PrivateAttr(default=Path("."))
 
@@ -116,6 +120,42 @@ class TrialRecord(BaseModel):
     hparams: dict[str, Any] = Field(default_factory=dict, description="the effective hyperparameters (anchor included)")
     start: float | None = Field(None, description="when the trial started, seconds since the epoch (UTC)")
     seconds: float | None = Field(None, description="how long it ran (None while it runs)")
+    se: float | None = Field(None, description="standard error of value over distinct source images")
+    holdout: float | None = Field(None, description="the same model's score on the held-out OOD-val images")
+    holdout_se: float | None = None
+
+
+class RescoredTrial(BaseModel):
+    """One of the search's best trials: its score on the search's OOD-val and on the held-out images."""
+
+    number: int
+    search_score: float
+    search_se: float | None
+    holdout_score: float | None
+    holdout_se: float | None
+
+
+class WinnerCheck(BaseModel):
+    """Is the search's winner a winner? Its margin against one standard error, and the winner's curse."""
+
+    best_se: float | None = Field(description="standard error of the best trial's score (over source images)")
+    margin: float | None = Field(description="best score minus the next best; None with one trial")
+    within_se: list[int] = Field(description="other trials whose score is within one SE of the best")
+    flagged: bool = Field(description="the margin is within one SE: the winner is not told apart from them")
+    top: list[RescoredTrial] = Field(description="the best trials by search score, best first")
+    winners_curse: float | None = Field(
+        description="mean of search minus held-out score over ``top`` (None without held-out images)"
+    )
+    winner_drop: float | None = Field(description="the winner's search minus held-out score")
+    holdout_offset: float | None = Field(
+        None,
+        description="median of search minus held-out score over every complete trial: how much harder or easier "
+        "the held-out images are; the best trials' drop beyond it is the winner's curse",
+    )
+    winner_holdout_rank: int | None = Field(None, description="the winner's rank by held-out score (1 = best)")
+    rank_agreement: float | None = Field(
+        None, description="Spearman's rho of search and held-out scores over the complete trials"
+    )
 
 
 class SearchResult(Contract):
@@ -133,6 +173,7 @@ class SearchResult(Contract):
     study_id: int | None = Field(None, description="the study's id in its storage (optuna-dashboard links)")
     seconds: float = Field(0.0, description="first trial's start to the last one's end")
     trials: list[TrialRecord] = Field(default_factory=list)
+    winner: WinnerCheck | None = Field(None, description="the winner's margin, its SE and the re-scored best trials")
 
 
 class EpochRecord(BaseModel):
@@ -243,6 +284,7 @@ class SearchSummary(BaseModel):
     trials_complete: int
     best_value: float
     storage: str
+    winner: WinnerCheck | None = None
 
 
 class CurvePoint(BaseModel):
@@ -260,6 +302,9 @@ class Results(Contract):
     metric: str
     ood_val_set: str
     ood_val_indices_hash: str = ""
+    ood_val_distinct: int = Field(0, description="distinct source images in the search's OOD-val")
+    ood_val_examples: int = Field(0, description="its examples, shifted copies included")
+    ood_val_holdout_distinct: int = Field(0, description="distinct held-out images the best trials are re-scored on")
     methods: dict[str, MethodResult]
     search: dict[str, SearchSummary] = Field(default_factory=dict)
     wiseft_curves: dict[str, dict[str, CurvePoint]] = Field(default_factory=dict)

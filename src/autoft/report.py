@@ -23,10 +23,11 @@ from autoft.contracts import (
     Results,
     SearchResult,
     SearchSummary,
+    WinnerCheck,
 )
 from autoft.effective_robustness import reference_line_for
 from autoft.errors import DataError
-from autoft.methods import base_of, is_wiseft
+from autoft.methods import BASE_METHODS, base_of, is_wiseft
 from autoft.search_insight import importances, plot_search
 
 
@@ -80,9 +81,14 @@ def assemble_results(
         metric=metric,
         ood_val_set=data.ood_val_set,
         ood_val_indices_hash=data.ood_val_indices_hash,
+        ood_val_distinct=data.ood_val_distinct,
+        ood_val_examples=data.ood_val_examples,
+        ood_val_holdout_distinct=data.ood_val_holdout_distinct,
         methods=table,
         search={
-            method: SearchSummary(trials_complete=r.trials_complete, best_value=r.best_value, storage=r.storage)
+            method: SearchSummary(
+                trials_complete=r.trials_complete, best_value=r.best_value, storage=r.storage, winner=r.winner
+            )
             for method, r in searches.items()
         },
         wiseft_curves=curves,
@@ -178,6 +184,94 @@ def _reference_line_lines(results: Results) -> list[str]:
         + (f" (R^2 {line.r2:.3f})" if line.r2 is not None else "")
         + f"; {line.provenance.get('docs', 'see its provenance in results.json')}.",
     ]
+
+
+def _ood_val_size_line(results: Results) -> list[str]:
+    if not results.ood_val_distinct:
+        return []
+    holdout = (
+        f"; {results.ood_val_holdout_distinct} further distinct images are held out to re-score the best trials"
+        if results.ood_val_holdout_distinct
+        else "; no held-out images (the best trials are not re-scored)"
+    )
+    return [
+        "",
+        f"OOD-val: {results.ood_val_distinct} distinct source images ({results.ood_val_examples} examples with "
+        f"shifted copies){holdout}. Standard errors (SE) are over source images.",
+    ]
+
+
+SHOWN_TRIALS = 10  # trial numbers listed within one SE of the winner (a 500-trial search may have dozens)
+
+
+def _se(value: float | None) -> str:
+    return "" if value is None else f" ± {100 * value:.1f}"
+
+
+def _holdout_context(check: WinnerCheck) -> str:
+    """What the drop means: the two sets' difference in difficulty over all trials, and the winner's rank."""
+    parts = []
+    if check.holdout_offset is not None and check.winners_curse is not None:
+        parts.append(
+            f"Over all trials the median drop is {_points(check.holdout_offset)} (the held-out images' difficulty), "
+            f"so the best trials lose {_points(check.winners_curse - check.holdout_offset)} beyond it (the winner's "
+            "curse)."
+        )
+    if check.winner_holdout_rank is not None:
+        parts.append(f"The winner ranks {check.winner_holdout_rank} on the held-out images.")
+    if check.rank_agreement is not None:
+        parts.append(f"Rank agreement of the two scores over all trials: Spearman {check.rank_agreement:.2f}.")
+    return " ".join(parts)
+
+
+def _scored_set(method: str) -> str:
+    """The split a method's search scores, as the report names it."""
+    spec = BASE_METHODS.get(base_of(method))
+    return "ID-val" if spec is not None and spec.val_split == "id_val" else "the search's OOD-val"
+
+
+def winner_lines(method: str, summary: SearchSummary, metric: str) -> list[str]:
+    """The winner's SE and margin, a flag when it is within one SE, and the re-scored best trials."""
+    check = summary.winner
+    if check is None:
+        return []
+    best = check.top[0]
+    margin = "no other trial" if check.margin is None else f"margin over the next best {100 * check.margin:.1f} points"
+    if check.flagged:
+        shown = ", ".join(map(str, check.within_se[:SHOWN_TRIALS]))
+        more = f" and {len(check.within_se) - SHOWN_TRIALS} more" if len(check.within_se) > SHOWN_TRIALS else ""
+        verdict = (
+            f"**within one SE**: trials {shown}{more} are within one SE of the winner, "
+            "which the search cannot tell apart from them"
+        )
+    elif check.best_se is None:
+        verdict = "no SE available"
+    else:
+        verdict = "more than one SE"
+    lines = [
+        f"- **{method}** winner: trial {best.number}, {metric} {100 * best.search_score:.1f}{_se(check.best_se)} "
+        f"on {_scored_set(method)}; {margin}: {verdict}."
+    ]
+    if any(r.holdout_score is not None for r in check.top):
+        lines += [
+            "",
+            f"Winner's curse, **{method}**: its best {len(check.top)} trials re-scored on the held-out images "
+            "(the same weights; nothing selected on them). Drop = search minus held-out, in points.",
+            "",
+            "| trial | search OOD-val | held-out | drop |",
+            "|---|---|---|---|",
+            *(
+                f"| {r.number} | {100 * r.search_score:.1f}{_se(r.search_se)} | "
+                f"{_percent(r.holdout_score)}{_se(r.holdout_se)} | "
+                f"{_points(None if r.holdout_score is None else r.search_score - r.holdout_score)} |"
+                for r in check.top
+            ),
+            "",
+            f"Mean drop over these trials {_points(check.winners_curse)} points; the winner's "
+            f"{_points(check.winner_drop)}. {_holdout_context(check)}",
+            "",
+        ]
+    return lines
 
 
 def _save_figure(fig: plt.Figure, path: Path) -> None:
@@ -295,6 +389,9 @@ def write_report(
             f"- **{method}**: {summary.trials_complete} trials, best objective {summary.best_value:.4f} "
             f"(storage `{summary.storage}`){link}"
         )
+    winner = [
+        line for method, summary in results.search.items() for line in winner_lines(method, summary, results.metric)
+    ]
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in results.timing_s.items())
     images = [f"![{title}]({_data_uri(path)})\n" for title, path in figures.items() if path is not None]
     importance = _importance_lines(searches)
@@ -309,6 +406,7 @@ def write_report(
             format_table(results),
             *_reference_line_lines(results),
             *_wiseft_lines(results),
+            *_ood_val_size_line(results),
             "",
             "## Chosen hyperparameters",
             *_hparams_lines(results),
@@ -317,6 +415,7 @@ def write_report(
             "## Search",
             *search_lines,
             "",
+            *(["### Is the winner a winner?", *winner, ""] if winner else []),
             *(["### Which hyperparameters mattered", *importance, ""] if importance else []),
             "## Plots",
             *images,

@@ -18,7 +18,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 import torch
 from optuna.trial import FrozenTrial
@@ -36,11 +35,11 @@ from autoft.contracts import (
     WiseFTChoice,
 )
 from autoft.curve_file import CURVES_FILE, curve_file_size, replay_curves
-from autoft.data.images import LabeledImages, check_readable, indices_hash
+from autoft.data.images import LabeledImages, check_readable
 from autoft.data.loaders import BatchStream, ImageBatches, InputSettings, resolve_workers
-from autoft.data.manifests import load_split, logits_fn_from_manifest, read_manifest, save_file_split, write_manifest
+from autoft.data.manifests import load_split, logits_fn_from_manifest, read_manifest, save_file_split
+from autoft.data.ood_val import HOLDOUT_SPLIT, OOD_VAL_SPLIT, draw_ood_val, load_scored_split
 from autoft.data.registry import get_builder
-from autoft.data.subsets import ood_val_indices
 from autoft.data.transforms import eval_transform, train_transform
 from autoft.distributed import SINGLE, Dist, distributed, launch
 from autoft.durable import DurableCheckpoints
@@ -89,21 +88,8 @@ def stage_prepare(config: AutoFTConfig, out_dir: Path) -> PreparedData:
     out_dir.mkdir(parents=True, exist_ok=True)
     splits = get_builder(config.data.dataset)(config, out_dir)
     splits.check()
-    source_manifest = read_manifest(out_dir / splits.manifests["ood_val_source"])
-    source = load_split(out_dir / splits.manifests["ood_val_source"])
-    chosen = ood_val_indices(
-        source.labels, config.data.ood_val.size, config.ood_val_seed, config.data.ood_val.class_balanced
-    )
-    if len(chosen) == 0:
-        raise DataError("the OOD-val subset is empty; check data.ood_val and the OOD-val source split")
-    # Compose with indices the source manifest already applies, so ours index the underlying data.
-    base_indices = np.asarray(source_manifest.get("indices", np.arange(len(source))))
-    subset_fields = {k: v for k, v in source_manifest.items() if k not in ("schema", "name", "format", "class_names")}
-    subset_fields["indices"] = base_indices[chosen].tolist()
-    subset_fields["num_examples"] = len(chosen)
-    write_manifest(out_dir / "ood_val.json", "ood_val", source_manifest["format"], splits.class_names, **subset_fields)
-
-    manifests = {**splits.manifests, "ood_val": "ood_val.json"}
+    drawn = draw_ood_val(out_dir, splits, config.data.ood_val, config.ood_val_seed)
+    manifests = {**splits.manifests, **drawn.manifests}
     extra_tests = []
     for eval_set in config.data.eval_sets:
         from autoft.data.ds_generic import eval_set_root, load_eval_set
@@ -120,7 +106,11 @@ def stage_prepare(config: AutoFTConfig, out_dir: Path) -> PreparedData:
         splits=manifests,
         ood_val_set=splits.ood_val_set,
         ood_tests=[*splits.ood_tests, *extra_tests],
-        ood_val_indices_hash=indices_hash(chosen),
+        ood_val_indices_hash=drawn.indices_hash,
+        ood_val_distinct=drawn.distinct,
+        ood_val_examples=drawn.examples,
+        ood_val_holdout_distinct=drawn.holdout_distinct,
+        ood_val_holdout_examples=drawn.holdout_examples,
         extra=splits.extra,
     )
     prepared.save_in(out_dir)
@@ -178,7 +168,14 @@ def stage_search(
     device = resolve_device(config)
     data = PreparedData.load_from(data_dir)
     model = load_classifier(zeroshot_dir, device=device)
-    val = load_split(data.manifest(BASE_METHODS[method].val_split))
+    val_split = BASE_METHODS[method].val_split
+    val, val_sources = load_scored_split(data.manifest(val_split))
+    # Searches on OOD-val also score every trial on the held-out images (the winner's-curse re-score).
+    holdout, holdout_sources = (
+        load_scored_split(data.manifest(HOLDOUT_SPLIT))
+        if val_split == OOD_VAL_SPLIT and HOLDOUT_SPLIT in data.splits
+        else (None, None)
+    )
     train = load_split(data.manifest("id_train"))
     settings = input_settings(config, device)
     stream = BatchStream(
@@ -202,6 +199,9 @@ def stage_search(
         num_workers=settings.num_workers,
         memory_budget_mb=settings.memory_budget_mb,
         train_token_embedding=config.model.train_token_embedding,
+        ood_val_sources=val_sources,
+        holdout=holdout,
+        holdout_sources=holdout_sources,
     )
     study = create_or_load_study(storage, search, worker_index)
     run_worker(

@@ -13,6 +13,7 @@ from optuna.distributions import distribution_to_json
 from autoft.config import AutoFTConfig
 from autoft.contracts import SearchResult, TrialRecord
 from autoft.errors import SearchFailed
+from autoft.search.attrs import HOLDOUT_ATTR, HOLDOUT_SE_ATTR, SE_ATTR
 from autoft.search.space import HPARAMS_ATTR
 from autoft.search.study import (
     COUNTED_STATES,
@@ -23,6 +24,7 @@ from autoft.search.study import (
     open_storage,
     prepare_study,
 )
+from autoft.search.winner import check_winner
 from autoft.urls import redact_url
 
 
@@ -69,10 +71,14 @@ def stage_select_best(config: AutoFTConfig, method: str, storage: str, out_path:
                 hparams=t.user_attrs.get(HPARAMS_ATTR, {}),
                 start=t.datetime_start.timestamp() if t.datetime_start else None,
                 seconds=t.duration.total_seconds() if t.duration else None,
+                se=t.user_attrs.get(SE_ATTR),
+                holdout=t.user_attrs.get(HOLDOUT_ATTR),
+                holdout_se=t.user_attrs.get(HOLDOUT_SE_ATTR),
             )
             for t in trials
         ],
     )
+    result.winner = check_winner(result.trials, config.data.ood_val.rescore_top_k)
     result.save(out_path)
     return result
 

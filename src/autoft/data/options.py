@@ -61,6 +61,9 @@ DIGITS_OOD_TEST_SHIFTS: tuple[str, ...] = (
     "outline",
     "textured_background",
 )
+# The search's OOD-val families: none is a test family, and together they cover what the tests vary
+# (appearance: colorize; stroke: thin; a near degradation: gaussian_blur; occlusion: clutter).
+DIGITS_OOD_VAL_SHIFTS: tuple[str, ...] = ("colorize", "thin", "gaussian_blur", "clutter")
 
 
 class DatasetOptions(BaseModel):
@@ -95,12 +98,20 @@ class DigitsOptions(DatasetOptions):
     """The built-in digits benchmark: split shares, the search's OOD-val shift and the OOD test shifts."""
 
     fractions: dict[str, float] = Field(
-        default_factory=lambda: {"id_train": 0.42, "id_val": 0.13, "ood_val": 0.17, "test": 0.28},
+        default_factory=lambda: {"id_train": 0.30, "id_val": 0.13, "ood_val": 0.29, "test": 0.28},
         description="shares of the images outside the pretraining pool; 'test' holds id_test and the OOD tests",
     )
-    ood_val_shift: str = Field("colorize", description="the shift family of the search's OOD-val set")
+    ood_val_shifts: list[str] = Field(
+        default_factory=lambda: list(DIGITS_OOD_VAL_SHIFTS),
+        description="the shift families of the search's OOD-val set (none may be an OOD test shift)",
+    )
     ood_val_severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
-    ood_val_min_size: int = Field(500, ge=1, description="copies per image are raised until the split has this many")
+    ood_val_min_size: int = Field(
+        500,
+        ge=1,
+        description="rounds of shifted copies (each in another family) are added until the split has this many "
+        "examples; copies add no distinct images",
+    )
     ood_test_shifts: list[str] = Field(default_factory=lambda: list(DIGITS_OOD_TEST_SHIFTS))
     test_severity: int = Field(3, ge=1, le=NUM_SEVERITIES)
 
@@ -127,11 +138,12 @@ class DigitsOptions(DatasetOptions):
     def _shifts(self) -> DigitsOptions:
         known = tuple(SHIFTS)
         _unique_subset("ood_test_shifts", self.ood_test_shifts, known)
-        _unique_subset("ood_val_shift", [self.ood_val_shift], known)
-        if self.ood_val_shift in self.ood_test_shifts:
+        _unique_subset("ood_val_shifts", self.ood_val_shifts, known)
+        shared = [s for s in self.ood_val_shifts if s in self.ood_test_shifts]
+        if shared:
             raise ValueError(
-                f"ood_val_shift {self.ood_val_shift!r} is also an OOD test shift; AutoFT's OOD-val must differ "
-                "from the test shifts"
+                f"ood_val_shifts {shared} are also OOD test shifts; AutoFT's OOD-val must differ from the test "
+                "shifts: remove them from one of the two lists"
             )
         return self
 

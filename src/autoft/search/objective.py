@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import optuna
 import torch
 
 from autoft.data.images import LabeledImages
 from autoft.data.loaders import DEFAULT_MEMORY_BUDGET_MB, BatchStream, ImageBatches, InputSettings
 from autoft.data.transforms import ImageTransform
-from autoft.evaluate import metric_value, predict_batches
+from autoft.evaluate import Predictions, metric_value, predict_batches
 from autoft.models.classifier import CLIPClassifier
+from autoft.search.attrs import HOLDOUT_ATTR, HOLDOUT_SE_ATTR, OOD_VAL_ATTR, SE_ATTR
 from autoft.search.space import SearchSpace
+from autoft.standard_error import score_se
 from autoft.train import inner_loop
-
-OOD_VAL_ATTR = "ood_val"
 
 
 class TrialObjective:
@@ -44,6 +45,9 @@ class TrialObjective:
         num_workers: int = 0,
         memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB,
         train_token_embedding: bool = True,
+        ood_val_sources: np.ndarray | None = None,
+        holdout: LabeledImages | None = None,
+        holdout_sources: np.ndarray | None = None,
     ) -> None:
         if len(ood_val) == 0:
             raise ValueError("the OOD-val subset is empty; the search has nothing to score")
@@ -64,11 +68,32 @@ class TrialObjective:
         self.report_every = max(inner_steps // prune_reports, 1)
         self.eval_batch_size = eval_batch_size
         self.train_token_embedding = train_token_embedding
+        settings = InputSettings(device, memory_budget_mb, num_workers)
+        self.ood_val_sources = ood_val_sources
+        self.holdout = ImageBatches(holdout, eval_transform, settings) if holdout is not None and len(holdout) else None
+        self.holdout_sources = holdout_sources
+        self._last: Predictions | None = None
 
     def score(self) -> float:
         self.model.prepare_for_eval()
         predictions = predict_batches(self.model, self.ood_val, batch_size=self.eval_batch_size)
+        self._last = predictions
         return metric_value(self.metric, predictions)
+
+    def _record_uncertainty(self, trial: optuna.Trial) -> None:
+        """The final score's SE, and the held-out score of the same weights (forward passes only)."""
+
+        def record(name: str, value: float) -> None:
+            if math.isfinite(value):  # an undefined SE (a single image) is left out, not stored as NaN
+                trial.set_user_attr(name, value)
+
+        if self._last is not None:
+            last = self._last
+            record(SE_ATTR, score_se(self.metric, last.logits, last.labels, last.groups, self.ood_val_sources))
+        if self.holdout is not None:
+            held = predict_batches(self.model, self.holdout, batch_size=self.eval_batch_size)
+            record(HOLDOUT_ATTR, metric_value(self.metric, held))
+            record(HOLDOUT_SE_ATTR, score_se(self.metric, held.logits, held.labels, held.groups, self.holdout_sources))
 
     def __call__(self, trial: optuna.Trial) -> float:
         hparams = self.space.sample(trial)
@@ -96,4 +121,5 @@ class TrialObjective:
         if not math.isfinite(value):
             return math.nan  # Optuna marks the trial FAIL and the study goes on
         trial.set_user_attr(OOD_VAL_ATTR, value)
+        self._record_uncertainty(trial)
         return value
