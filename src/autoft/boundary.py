@@ -99,7 +99,7 @@ def describe(error: BaseException) -> tuple[int, str] | None:
     """``(exit code, one line)`` for a failure a user can cause or meet; None for a bug (keep the traceback)."""
     for link in _chain(error):
         if isinstance(link, AutoFTError):
-            return EXIT_USER_ERROR, one_line(f"error: {link}")
+            return getattr(link, "exit_code", EXIT_USER_ERROR), one_line(f"error: {link}")
     for link in _chain(error):
         names = _names(link)
         for prefix, what in _UNREACHABLE:
