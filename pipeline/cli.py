@@ -118,9 +118,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(json.dumps({"client": _shown_client_arguments(args), **plan.to_json()}, indent=2, sort_keys=True))
         return 0
+    if args.ssl_ca_cert and not Path(args.ssl_ca_cert).is_file():
+        raise ConfigError(f"--ssl-ca-cert {args.ssl_ca_cert}: no such file")
+    import warnings
+
     import kfp
 
-    client = kfp.Client(**client_arguments(args.host, args.namespace, args.ssl_ca_cert))
+    with warnings.catch_warnings():
+        # "This client only works with Kubeflow Pipeline v2.0.0-beta.2 and later": every call, no action to take.
+        warnings.filterwarnings("ignore", category=FutureWarning, module="kfp")
+        client = kfp.Client(**client_arguments(args.host, args.namespace, args.ssl_ca_cert))
     ids = execute(plan, client)
     what = "recurring run" if args.schedule else "run"
     print(f"pipeline {plan.pipeline_name} version {plan.version_name}: {what} {plan.run_name!r} in {plan.experiment!r}")

@@ -278,8 +278,6 @@ def client_arguments(host: str, namespace: str | None, ssl_ca_cert: str | None =
     from kfp import client as kfp_client
 
     check_host(host)
-    if ssl_ca_cert and not Path(ssl_ca_cert).is_file():
-        raise ConfigError(f"--ssl-ca-cert {ssl_ca_cert}: no such file")
     arguments: dict[str, Any] = {"host": host}
     if namespace:
         arguments["namespace"] = namespace

@@ -38,10 +38,11 @@ _UNREACHABLE = (
     ("mlflow.exceptions.MlflowException", "MLflow"),
     ("google.api_core.exceptions.GoogleAPIError", "Google Cloud"),
     ("google.auth.exceptions.GoogleAuthError", "Google Cloud credentials"),
-    ("builtins.ConnectionError", "the server"),
-    ("builtins.TimeoutError", "the server"),
+    ("builtins.ConnectionError", ""),  # our own wrappers name the resource themselves
+    ("builtins.TimeoutError", ""),
 )
 _BAD_INPUT = (
+    ("autoft.errors.NonFiniteLossError", "training diverged (lower the learning rate: finetune.lr or search.base_lr)"),
     ("sqlalchemy.exc.ArgumentError", "a database URL"),
     ("sqlalchemy.exc.NoSuchModuleError", "a database URL"),
     ("zipfile.BadZipFile", "a corrupt file"),
@@ -104,9 +105,10 @@ def describe(error: BaseException) -> tuple[int, str] | None:
         names = _names(link)
         for prefix, what in _UNREACHABLE:
             if prefix in names:
+                prefix = f"cannot use {what}: " if what else ""
                 return EXIT_FAILURE, one_line(
-                    f"error: cannot use {what}: {_first_line(link)} ({type(link).__name__}); check the address and "
-                    "that it is up, then run the command again (-v shows the traceback)"
+                    f"error: {prefix}{_first_line(link)} ({type(link).__name__}); check the address and that it is "
+                    "up, then run the command again (-v shows the traceback)"
                 )
         for prefix, what in _BAD_INPUT:
             if prefix in names:

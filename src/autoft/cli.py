@@ -93,7 +93,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from autoft.paths import default_cache_dir
 
     config_from_args(args, DEFAULT_PRESET)  # validates --preset/--set; the model depends on neither
-    path = foundation_model(Path(args.cache_dir) if args.cache_dir else default_cache_dir())
+    cache = check_output(args.cache_dir, "folder", where="--cache-dir") if args.cache_dir else default_cache_dir()
+    path = foundation_model(cache)
     print(f"foundation model: {path}")
 
 
@@ -296,10 +297,11 @@ def cmd_run(args: argparse.Namespace) -> None:
     from autoft.stages import resolve_device
 
     resolve_device(config)  # device=cuda without a GPU fails here, not in the third step
-    run_dir = Path(args.out) if args.out else _default_run_dir(config.preset)
+    run_dir = check_output(args.out, "folder") if args.out else _default_run_dir(config.preset)
+    refuse_finished(run_dir, "results.json", "a finished run", args.overwrite)
     config = with_shared_local_tracking(config, run_dir)
     startup = process_seconds()
-    with run_status(run_dir):
+    with output_lock(run_dir), run_status(run_dir):
         results = available[args.runner](config, run_dir)
     # The whole command, its start-up included (Python, imports, config): what a user waits for.
     results.timing_s.update({"startup": round(startup, 3), "total": round(process_seconds(), 3)})
@@ -426,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="kfp: the compiled pipeline through kfp.local (each step a subprocess; needs the pipeline package); "
         "inprocess: the same stages in this process (debugging)",
     )
+    add_overwrite(run, "a finished run")
     run.set_defaults(handler=cmd_run)
 
     config = sub.add_parser("config", help="show the resolved configuration")

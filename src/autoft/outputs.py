@@ -31,10 +31,10 @@ def check_output(
     where: str = "--out",
 ) -> Path:
     """``out`` as a local path that overwrites no input; raises ConfigError naming both otherwise."""
-    check_location(str(out), where, gcs=False, what="a local path (copy results to GCS afterwards)")
+    check_location(str(out), where, gcs=False, what="a local path")
     path = Path(out).expanduser()
     if kind == "file" and path.is_dir():
-        raise ConfigError(f"{where} {out} is a folder; give a file path, e.g. {Path(out) / 'result.json'}")
+        raise ConfigError(f"{where} {out} is a folder; give a file path, e.g. {path.with_name(path.name + '.json')}")
     if kind == "folder" and path.exists() and not path.is_dir():
         raise ConfigError(f"{where} {out} is a file; give a folder (new or one this command wrote)")
     target = _resolved(path)

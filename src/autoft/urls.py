@@ -60,7 +60,7 @@ def check_study_storage(storage: str, where: str) -> str:
         return storage
     if _URL_TYPO.search(storage):
         raise ConfigError(
-            f"{where} {redact_url(storage)!r} looks like a mistyped database URL (no '://'); write e.g. "
+            f"{where} {redact_text(storage)!r} looks like a mistyped database URL (no '://'); write e.g. "
             "postgresql://user@host/db, or give a local *.journal file"
         )
     if not storage.endswith(JOURNAL_SUFFIX):
@@ -150,9 +150,20 @@ def redact_url(url: str) -> str:
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 
+# ``user:password@host`` anywhere, with or without a scheme (a mistyped URL still carries its password).
+_USERINFO = re.compile(r"(?<![\w.%+-])([\w.%+-]+):([^\s@/'\"]+)@")
+
+
 def redact_text(text: str) -> str:
     """Every URL inside a free text (an exception's message, a log line) with its credentials hidden."""
-    return _URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
+
+    def one(match: re.Match[str]) -> str:
+        found = match.group(0)
+        url = found.rstrip(").,;:]'")  # punctuation of the sentence around it
+        return redact_url(url) + found[len(url) :]
+
+    text = _URL_IN_TEXT.sub(one, text)
+    return _USERINFO.sub(lambda match: f"{match.group(1)}:{REDACTED}@", text)
 
 
 # What MLflow's tracking client talks to: a server, a database, a local store (file: or a plain path).
