@@ -637,7 +637,7 @@ CLASS_CASES = [
         ClassCase(
             "names",
             f"eval set named {name}",
-            ["config", "show", "--set", f"data.eval_sets=[{{name: {name}, kind: folder, path: x}}]"],
+            ["config", "show", "--set", f"data.eval_sets=[{{{{name: {name}, kind: folder, path: x}}}}]"],
             2,
             "is a built-in split name",
         )
@@ -653,7 +653,7 @@ CLASS_CASES = [
             "--out",
             "{hostile}/prep-invert",
             "--set",
-            "data.eval_sets=[{name: invert, kind: folder, path: '{root}/photos'}]",
+            "data.eval_sets=[{{name: invert, kind: folder, path: '{root}/photos'}}]",
         ],
         2,
         "are splits of dataset 'digits' already",
@@ -795,7 +795,7 @@ CLASS_CASES = [
     ClassCase(
         "files",
         "duplicate keys in a --set value",
-        ["config", "show", "--set", "model={name: a, name: b}"],
+        ["config", "show", "--set", "model={{name: a, name: b}}"],
         2,
         "duplicate key 'name'",
     ),
