@@ -8,6 +8,7 @@ prints that plan as JSON, and a real submission executes the same plan, so what 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -127,6 +128,8 @@ def parse_parameters(items: list[str], declared: dict[str, dict[str, Any]]) -> d
             raise ConfigError(f"--param {name}={text!r}: expected {kind.lower().replace('_', ' ')}, got {value!r}")
         if isinstance(value, str) and url_password(value):
             refuse_visible_passwords([(name, redact_url(value))])
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--param {name}={text!r}: must be a finite number")
         check_parameter_value(name, value)
         values[name] = value
     return values

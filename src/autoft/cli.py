@@ -138,7 +138,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     nproc = resolve_nproc(args.nproc)  # a bad value fails before any compute
     config = config_from_args(args)
     config.check_method(args.method, purpose="finetune")
-    search_results = parse_assignments(args.hparams, "--hparams", "autoft=run/search/autoft.json")
+    search_results = _named_paths(args.hparams, "--hparams", "autoft=run/search/autoft.json")
     from autoft.methods import searched_methods
     from autoft.stages import finetune_hparams, stage_finetune
 
@@ -181,7 +181,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     config = config_from_args(args)
-    models = {name: Path(folder) for name, folder in parse_assignments(args.model, "--model", "ft=run/ft").items()}
+    models = {name: Path(folder) for name, folder in _named_paths(args.model, "--model", "ft=run/ft").items()}
     from autoft.stages import stage_evaluate
 
     inputs = {f"--model {name}": folder for name, folder in models.items()}
@@ -198,6 +198,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         results = stage_evaluate(config, data_dir, eval_set, models, out)
     for name, row in results.models.items():
         print(f"{name} on {eval_set}: {config.metric} {row.value:.4f}")
+
+
+def _named_paths(items: list[str], what: str, example: str) -> dict[str, str]:
+    """``NAME=PATH`` arguments; an empty path would silently mean the current folder."""
+    named = parse_assignments(items, what, example)
+    empty = [name for name, path in named.items() if not path.strip()]
+    if empty:
+        raise ConfigError(f"{what} {empty[0]}= names no path; write e.g. {example}")
+    return named
 
 
 def _local(location: str) -> str | None:

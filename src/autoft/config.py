@@ -243,7 +243,7 @@ class SearchConfig(_Strict):
     inner_steps: int = Field(10, ge=1)
     max_failed_trials: int = Field(0, ge=0, description="0 = n_trials; stop the search after this many failures")
     storage: str = Field("", description="'' = a journal file in the run folder, or an Optuna RDB URL")
-    study_name: str = "autoft"
+    study_name: str = Field("autoft", min_length=1)
     seed: Seed | None = Field(None, description="seeds the sampler and the inner loop's batches; None = root seed")
     multivariate: bool = True
     constant_liar: bool = True
@@ -309,8 +309,8 @@ class WiseFTConfig(_Strict):
 
 class TrackingConfig(_Strict):
     mlflow_uri: str = Field("", description="'' = $MLFLOW_TRACKING_URI, else SQLite beside the run folders")
-    experiment: str = "autoft"
-    registered_model: str = "autoft-clip"
+    experiment: str = Field("autoft", min_length=1)
+    registered_model: str = Field("autoft-clip", min_length=1)
 
     @field_validator("mlflow_uri")
     @classmethod
@@ -509,6 +509,8 @@ def parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{source} is not valid YAML: {_yaml_problem(error)}") from None
     except RecursionError:
         raise ConfigError(f"{source} is refused: nested too deeply") from None
+    except ValueError as error:  # e.g. an integer of more digits than Python converts (4300)
+        raise ConfigError(f"{source} is refused: {' '.join(str(error).split())}") from None
 
 
 def parse_yaml_documents(text: str, source: str, max_bytes: int = MAX_YAML_BYTES) -> list[Any]:
@@ -523,6 +525,8 @@ def parse_yaml_documents(text: str, source: str, max_bytes: int = MAX_YAML_BYTES
         raise ConfigError(f"{source} is not valid YAML: {_yaml_problem(error)}") from None
     except RecursionError:
         raise ConfigError(f"{source} is refused: nested too deeply") from None
+    except ValueError as error:  # e.g. an integer of more digits than Python converts (4300)
+        raise ConfigError(f"{source} is refused: {' '.join(str(error).split())}") from None
 
 
 def split_assignment(item: str, what: str, example: str) -> tuple[str, str]:

@@ -19,6 +19,9 @@ from typing import Literal
 from autoft.errors import ConfigError
 from autoft.urls import check_location, is_gcs
 
+# Files that mark a folder as an artifact other steps read; nothing is written inside one.
+ARTIFACT_MARKERS = {"data.json": "prepared data", "model_card.json": "a saved model"}
+
 
 def _resolved(path: str | os.PathLike[str]) -> Path:
     return Path(path).expanduser().resolve()
@@ -31,8 +34,13 @@ def check_output(
     where: str = "--out",
 ) -> Path:
     """``out`` as a local path that overwrites no input; raises ConfigError naming both otherwise."""
+    if not str(out).strip():
+        raise ConfigError(f"{where} is empty; give a path (an empty one would write into the current folder)")
     check_location(str(out), where, gcs=False, what="a local path")
     path = Path(out).expanduser()
+    blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise ConfigError(f"{where} {out}: {blocking} is a file, not a folder; pick another {where}")
     if kind == "file" and path.is_dir():
         raise ConfigError(f"{where} {out} is a folder; give a file path, e.g. {path.with_name(path.name + '.json')}")
     if kind == "folder" and path.exists() and not path.is_dir():
@@ -46,6 +54,13 @@ def check_output(
             what = "is" if target == source else "is inside"
             raise ConfigError(
                 f"{where} {out} {what} the input {name} {given}: writing there would destroy it; pick another {where}"
+            )
+    for folder in target.parents:
+        marker = next((name for name in ARTIFACT_MARKERS if (folder / name).is_file()), None)
+        if marker is not None:
+            raise ConfigError(
+                f"{where} {out} is inside {folder}, which holds {ARTIFACT_MARKERS[marker]} ({marker}): writing there "
+                f"would mix outputs into it; pick another {where}"
             )
     return path
 
