@@ -1054,6 +1054,20 @@ def test_a_second_writer_of_one_output_is_refused_and_a_dead_ones_lock_taken_ove
     assert not lock_path(out).exists()
 
 
+def test_a_checkpoint_root_of_another_run_advises_a_fresh_root(
+    ws: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --checkpoint-root shared with another fine-tuning run: a new --out would not help, a new root does."""
+    argv = ["step", "finetune", "--config", ws["config"], "--data", ws["data"], "--zeroshot", ws["zeroshot"]]
+    argv += ["--hparams", f"autoft={ws['search']}", "--checkpoint-root", str(tmp_path / "durable")]
+    assert main([*argv, "--out", str(tmp_path / "a"), "--set", "finetune.epochs=1"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "b"), "--set", "finetune.epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert "belongs to a different fine-tuning run (finetune settings differ)" in err, err
+    assert "fresh --checkpoint-root" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 def test_resolved_configs_written_anywhere_are_redacted(ws: dict[str, str], tmp_path: Path) -> None:
     """`step prepare` writes the resolved config beside the data: no user:PASSWORD@ or ?password= in it."""
     argv = ["step", "prepare", "--config", ws["config"], "--out", str(tmp_path / "data")]

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -298,8 +299,10 @@ def stage_finetune(
         if not durable_root or "different fine-tuning run" not in str(error):
             raise
         # The checkpoint came from --checkpoint-root: another output folder would not help, another root does.
+        differs = re.search(r"\(([^()]*) differs?\)", str(error))
+        what = f" ({differs.group(1)} differ)" if differs else ""
         raise CheckpointError(
-            f"the checkpoint in --checkpoint-root {durable_root} belongs to a different fine-tuning run ({error}); "
+            f"the checkpoint in --checkpoint-root {durable_root} belongs to a different fine-tuning run{what}; "
             "give this run its own fresh --checkpoint-root (each run and method needs one), then start it again "
             "with --overwrite"
         ) from None
