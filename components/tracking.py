@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from autoft.config import AutoFTConfig, config_to_dict
+from autoft.config import AutoFTConfig, config_to_dict, redact_config
 from autoft.errors import AutoFTError
 from autoft.urls import database_url, redact_url
 
@@ -357,7 +357,7 @@ class PipelineRuns:
 
     def log_config(self, run_id: str, config: AutoFTConfig) -> None:
         """The resolved config as flat ``config.*`` params and as ``config/config.yaml``."""
-        data = config_to_dict(config)
+        data = redact_config(config_to_dict(config))  # no password reaches MLflow's params or artifacts
         self.log(run_id, params={f"config.{key}": value for key, value in _flatten(data).items()})
         with tempfile.TemporaryDirectory() as folder:
             import yaml

@@ -15,6 +15,7 @@ from pathlib import Path
 from autoft.cli import add_config_arguments, config_from_args
 from autoft.config import DEFAULT_PRESET
 from autoft.errors import ConfigError
+from autoft.outputs import check_output
 
 STEP_IMAGE_ENV = "AUTOFT_STEP_IMAGE"  # components.image.STEP_IMAGE_ENV, without importing the components
 
@@ -25,6 +26,10 @@ COMPILED_DEFAULT = Path(__file__).resolve().parent / "compiled" / "autoft_pipeli
 def cluster_settings(args: argparse.Namespace):  # -> pipeline.cluster.ClusterSettings (kfp import deferred)
     from pipeline.cluster import ClusterSettings
 
+    if args.search_parallelism < 1:
+        raise ConfigError(f"--search-parallelism {args.search_parallelism}: at least 1 search worker must run at once")
+    if args.accelerator_count < 0:
+        raise ConfigError(f"--accelerator-count {args.accelerator_count}: must be >= 0 (0: CPU only)")
     image = {"step_image": args.image} if getattr(args, "image", None) else {}
     return ClusterSettings(
         search_parallelism=args.search_parallelism,
@@ -40,7 +45,9 @@ def cmd_compile(args: argparse.Namespace) -> None:
     config = config_from_args(args, DEFAULT_PRESET)
     if args.methods == "all":
         config = with_methods(config, all_methods())
-    path = compile_pipeline(config, Path(args.output) if args.output else COMPILED_DEFAULT, cluster_settings(args))
+    settings = cluster_settings(args)
+    output = check_output(args.output, "file", where="--output") if args.output else COMPILED_DEFAULT
+    path = compile_pipeline(config, output, settings)
     print(f"compiled the pipeline for methods {config.methods} (default config: preset {config.preset!r}) -> {path}")
 
 
@@ -88,6 +95,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     config = config_from_args(args, DEFAULT_PRESET)
     refuse_visible_passwords(urls_with_passwords(config))  # before any image is resolved or compiled
+    if args.wait_timeout < 1:
+        raise ConfigError(f"--wait-timeout {args.wait_timeout}: must be at least 1 second")
     if args.wait and args.schedule:
         raise ConfigError("--wait waits for one run; a --schedule starts runs later (drop one of them)")
     package = submit_package(args, config)
@@ -109,9 +118,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(json.dumps({"client": _shown_client_arguments(args), **plan.to_json()}, indent=2, sort_keys=True))
         return 0
+    if args.ssl_ca_cert and not Path(args.ssl_ca_cert).is_file():
+        raise ConfigError(f"--ssl-ca-cert {args.ssl_ca_cert}: no such file")
+    import warnings
+
     import kfp
 
-    client = kfp.Client(**client_arguments(args.host, args.namespace, args.ssl_ca_cert))
+    with warnings.catch_warnings():
+        # "This client only works with Kubeflow Pipeline v2.0.0-beta.2 and later": every call, no action to take.
+        warnings.filterwarnings("ignore", category=FutureWarning, module="kfp")
+        client = kfp.Client(**client_arguments(args.host, args.namespace, args.ssl_ca_cert))
     ids = execute(plan, client)
     what = "recurring run" if args.schedule else "run"
     print(f"pipeline {plan.pipeline_name} version {plan.version_name}: {what} {plan.run_name!r} in {plan.experiment!r}")

@@ -14,11 +14,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
 from components.runtime import refuse_visible_passwords
 from kfp import compiler
 
 from autoft.config import AutoFTConfig, urls_with_passwords
+from autoft.errors import ConfigError
 from autoft.methods import ALL_METHODS
 from pipeline.autoft_pipeline import build_pipeline
 from pipeline.cluster import ClusterSettings
@@ -75,19 +75,38 @@ def compile_pipeline(
     return package_path
 
 
+PIPELINE_MAX_BYTES = 16 << 20  # a compiled pipeline of every method is well under 1 MiB
+
+
 def read_pipeline_spec(package_path: Path = COMPILED_PIPELINE) -> dict[str, Any]:
     """The compiled IR as a mapping (the first YAML document; a second one holds kfp-kubernetes settings)."""
-    documents = list(yaml.safe_load_all(Path(package_path).read_text()))
+    from autoft.config import parse_yaml_documents
+
+    try:
+        text = Path(package_path).read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read the pipeline file {package_path}: {error}") from None
+    documents = parse_yaml_documents(text, str(package_path), max_bytes=PIPELINE_MAX_BYTES)
     if not documents or not isinstance(documents[0], dict) or "pipelineInfo" not in documents[0]:
-        raise ValueError(f"{package_path} is not a compiled KFP pipeline (no pipelineInfo)")
+        raise ConfigError(f"{package_path} is not a compiled KFP pipeline (no pipelineInfo)")
     return documents[0]
 
 
 def pipeline_parameters(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The root parameters of a compiled pipeline: name -> {parameterType, defaultValue, description}."""
-    return spec["root"]["inputDefinitions"]["parameters"]
+    try:
+        parameters = spec["root"]["inputDefinitions"]["parameters"]
+    except (KeyError, TypeError):
+        raise ConfigError(
+            "the pipeline file declares no root parameters: not a pipeline `autoft compile` wrote"
+        ) from None
+    if not isinstance(parameters, dict) or "config_yaml" not in parameters:
+        raise ConfigError("the pipeline file has no config_yaml parameter: not a pipeline `autoft compile` wrote")
+    return parameters
 
 
 def compiled_default_config(spec: dict[str, Any]) -> dict[str, Any]:
     """The config the pipeline was compiled from (its config_yaml default), whose methods are the branches."""
-    return yaml.safe_load(pipeline_parameters(spec)["config_yaml"]["defaultValue"])
+    from autoft.config import parse_yaml
+
+    return parse_yaml(pipeline_parameters(spec)["config_yaml"]["defaultValue"], "the pipeline's config_yaml default")

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from autoft.config import AutoFTConfig, save_config
 from autoft.contracts import Results
+from autoft.errors import AutoFTError
 from autoft.threads import PARALLEL_TASKS_ENV
 from pipeline.autoft_pipeline import DEFAULT_SEARCH_WORKERS, build_pipeline, config_parameter
 from pipeline.cluster import ClusterSettings
@@ -52,8 +53,24 @@ KFP_LOCAL_MAX_PARALLEL = 2
 ORCHESTRATION_FAILED = re.compile(r"Task (\S+) failed with exception: (.*)")
 
 
-class PipelineRunError(RuntimeError):
-    """A step of a kfp.local run failed; the message names it and shows the end of its log."""
+class PipelineRunError(AutoFTError, RuntimeError):
+    """A step of a kfp.local run failed; the one-line message names it, its error and its log file."""
+
+    exit_code = 1  # what went wrong is in the step's log: its input, or the environment it met
+
+
+# The line of a step's log that says what failed: a Python exception's last line ("pkg.mod.SomeError: ...").
+EXCEPTION_LINE = re.compile(r"^(?:\w+\.)*(\w+(?:Error|Exception|Failed|NotFound|Interrupt)):\s*(.*)$")
+
+
+def step_error_line(tail: list[str]) -> str:
+    """The cause of a step's failure in one line: its last exception line, else its last log line."""
+    lines = [ANSI_ESCAPE.sub("", line).strip() for line in tail if line.strip()]
+    for line in reversed(lines):
+        match = EXCEPTION_LINE.match(line)
+        if match:
+            return f"{match.group(1)}: {match.group(2)}" if match.group(2) else match.group(1)
+    return lines[-1] if lines else "(no output)"
 
 
 ITERATION = re.compile(r"^(.*)-iteration-(\d+)$")
@@ -303,10 +320,9 @@ class TaskLogCapture:
         task, tail = self.failures[0]
         others = sorted({name for name, _ in self.failures[1:]} - {task})
         also = f" (also failed: {', '.join(others)})" if others else ""
-        body = "\n".join(f"    {line.strip()}" for line in tail)
         own = self.task_log(task)
         where = own if own is not None and own.is_file() else log_path
-        return f"pipeline step {task!r} failed{also}; the end of its log:\n{body}\nfull log: {where}"
+        return f"pipeline step {task!r} failed{also}: {step_error_line(tail)}; full log: {where}"
 
 
 @contextmanager

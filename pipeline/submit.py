@@ -8,6 +8,7 @@ prints that plan as JSON, and a real submission executes the same plan, so what 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -15,12 +16,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from components.runtime import refuse_visible_passwords
 
 from autoft.config import AutoFTConfig, parse_assignments, parse_yaml, urls_with_passwords
 from autoft.errors import ConfigError
-from autoft.urls import redact_url, url_password
+from autoft.urls import check_location, check_study_storage, check_tracking_uri, is_gcs, redact_url, url_password
 from pipeline.autoft_pipeline import config_parameter
 from pipeline.compile import COMPILED_PIPELINE, compiled_default_config, pipeline_parameters, read_pipeline_spec
 from pipeline.release import release_version
@@ -126,8 +128,33 @@ def parse_parameters(items: list[str], declared: dict[str, dict[str, Any]]) -> d
             raise ConfigError(f"--param {name}={text!r}: expected {kind.lower().replace('_', ' ')}, got {value!r}")
         if isinstance(value, str) and url_password(value):
             refuse_visible_passwords([(name, redact_url(value))])
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--param {name}={text!r}: must be a finite number")
+        check_parameter_value(name, value)
         values[name] = value
     return values
+
+
+def check_parameter_value(name: str, value: Any) -> None:
+    """The values the steps would refuse (or misread) mid-run, refused at submission with the parameter named."""
+    text = value.strip() if isinstance(value, str) else ""
+    if name == "checkpoint_root" and text:
+        check_location(text, "--param checkpoint_root", gcs=True, what="a folder on a volume every step mounts")
+        if not is_gcs(text) and not text.startswith("/"):
+            raise ConfigError(
+                f"--param checkpoint_root={text!r}: a relative path names a folder inside one pod; give "
+                "gs://BUCKET/PATH (or an absolute path on a volume every step mounts)"
+            )
+    elif name == "output_dir" and text:
+        check_location(text, "--param output_dir", gcs=False, what="an absolute folder on a shared volume")
+    elif name == "mlflow_tracking_uri" and text:
+        check_tracking_uri(text, "--param mlflow_tracking_uri")
+    elif name == "study_storage" and text:
+        check_study_storage(text, "--param study_storage")
+    elif name == "search_workers" and isinstance(value, int) and value < 1:
+        raise ConfigError(f"--param search_workers={value}: at least one search worker is needed")
+    elif name == "eval_shards" and isinstance(value, int) and value < 0:
+        raise ConfigError(f"--param eval_shards={value}: must be >= 0 (0: one evaluate task per eval set)")
 
 
 def plan_submission(
@@ -224,6 +251,25 @@ def plan_submission(
     return SubmitPlan(host, namespace, pipeline_name, version, experiment, run_name, parameters, schedule, calls)
 
 
+def check_host(host: str) -> None:
+    """--host must be a KFP endpoint URL; anything else would fail deep inside kfp's client."""
+    try:
+        parts = urlsplit(host.strip())
+        port = parts.port
+    except ValueError as error:
+        raise ConfigError(
+            f"--host {redact_url(host)!r} is not a URL ({error}); e.g. https://kubeflow.example.com/pipeline"
+        ) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"--host {redact_url(host)!r}: give the KFP API endpoint as http(s)://HOST[:PORT][/PATH], e.g. "
+            "https://kubeflow.example.com/pipeline"
+        )
+    if url_password(host):
+        raise ConfigError("--host holds a password; use $KFP_TOKEN or $KFP_TOKEN_COMMAND for credentials")
+    del port
+
+
 def client_arguments(host: str, namespace: str | None, ssl_ca_cert: str | None = None) -> dict[str, Any]:
     """kfp.Client's arguments: the host, the namespace, and credentials by the usual KFP means.
 
@@ -234,6 +280,7 @@ def client_arguments(host: str, namespace: str | None, ssl_ca_cert: str | None =
     """
     from kfp import client as kfp_client
 
+    check_host(host)
     arguments: dict[str, Any] = {"host": host}
     if namespace:
         arguments["namespace"] = namespace

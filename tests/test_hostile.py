@@ -526,6 +526,560 @@ def test_argparse_conflicts_are_usage_errors(ws: dict[str, str], capsys: pytest.
 
 
 # ----------------------------------------------------------------------------------------------------
+# By class: outputs never destroy inputs, names do not collide, locations are validated where given,
+# secrets in every form stay hidden, hostile files are refused or read correctly, every failure is one line.
+# Each row: exit code, a phrase, no traceback, ONE line on stderr for a failure, the workspace's inputs
+# unchanged (hashed before and after), paths not created, secrets not printed.
+# ----------------------------------------------------------------------------------------------------
+
+
+def _alias_bomb() -> str:
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 7)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def hostile_files(ws: dict[str, str]) -> dict[str, str]:
+    """Hostile inputs beside the workspace: YAML bombs, odd images, symlinks out, broken weights."""
+    from safetensors.torch import load_file, save_file
+
+    root = Path(ws["root"]) / "hostile"
+    root.mkdir()
+    (root / "bomb.yaml").write_text(_alias_bomb())
+    (root / "deep.yaml").write_text("seed: " + "[" * 5000 + "]" * 5000 + "\n")
+    (root / "dup.yaml").write_text(Path(ws["config"]).read_text() + "search:\n  n_trials: 3\n")
+    (root / "recursive.yaml").write_text("methods: &m [*m]\n")
+    for name in ("i16", "pal", "rgba", "link", "ftiff"):
+        (root / name / "zero").mkdir(parents=True)
+    Image.fromarray((torch.arange(32 * 32).reshape(32, 32) * 60).numpy().astype("uint16")).save(root / "i16/zero/a.png")
+    palette = Image.new("P", (32, 32))
+    palette.putpalette([0, 0, 0, 200, 100, 50] * 128)
+    palette.save(root / "pal/zero/a.png")
+    Image.new("RGBA", (32, 32), (10, 20, 30, 0)).save(root / "rgba/zero/a.png")
+    Image.fromarray(torch.ones(32, 32).numpy()).save(root / "ftiff/zero/a.tif")
+    os.symlink(Path(ws["root"]) / "photos/zero/0.png", root / "link/zero/a.png")
+    for name, value in (("nan", float("nan")), ("inf", float("inf"))):
+        shutil.copytree(ws["zeroshot"], root / name)
+        state = load_file(str(root / name / "model.safetensors"))
+        key = next(key for key, tensor in state.items() if tensor.is_floating_point())
+        state[key] = state[key].clone()
+        state[key].view(-1)[0] = value
+        save_file(state, str(root / name / "model.safetensors"))
+    shutil.copytree(ws["data"], root / "data-badnpz")
+    (root / "data-badnpz" / "id_val.npz").write_bytes(b"not an npz file at all" * 20)
+    (root / "eval.json").write_text("{}")
+    return {"hostile": str(root)}
+
+
+@dataclass(frozen=True)
+class ClassCase:
+    kind: str  # the issue's class
+    name: str
+    argv: list[str]
+    code: int
+    phrase: str
+    absent: tuple[str, ...] = ()
+    hidden: tuple[str, ...] = ()
+
+
+OUT = "{hostile}/out"
+EVALUATE = ["step", "evaluate", *CONFIG, "--data", "{data}", "--model", "z={zeroshot}"]
+SELECT = ["step", "select-best", *CONFIG, "--storage", "{journal}"]
+CLASS_CASES = [
+    # --- outputs never destroy inputs -------------------------------------------------------------------
+    ClassCase(
+        "outputs",
+        "evaluate --out the weights",
+        [*EVALUATE, "--out", "{zeroshot}/model.safetensors"],
+        2,
+        "is inside the input --model z",
+    ),
+    ClassCase("outputs", "evaluate --out a folder", [*EVALUATE, "--out", "{zeroshot}"], 2, "is a folder"),
+    ClassCase(
+        "outputs",
+        "zeroshot --out the data",
+        ["step", "zeroshot", *CONFIG, "--data", "{data}", "--out", "{data}"],
+        2,
+        "is the input --data",
+    ),
+    ClassCase("outputs", "select-best --out the journal", [*SELECT, "--out", "{journal}"], 2, "is the input --storage"),
+    ClassCase(
+        "outputs",
+        "finished fine-tune without --resume",
+        [*FINETUNE, "--out", "{done}"],
+        2,
+        "already holds a finished fine-tune",
+    ),
+    ClassCase(
+        "outputs",
+        "unfinished fine-tune without --resume",
+        [*FINETUNE, "--out", "{partial}"],
+        2,
+        "--resume continues it",
+    ),
+    ClassCase(
+        "outputs",
+        "finished evaluation without --overwrite",
+        [*EVALUATE, "--out", "{hostile}/eval.json"],
+        2,
+        "--overwrite replaces it",
+    ),
+    ClassCase(
+        "outputs",
+        "prepare over prepared data",
+        ["step", "prepare", *CONFIG, "--out", "{data}"],
+        2,
+        "already holds prepared data",
+    ),
+    # --- names collide ----------------------------------------------------------------------------------
+    *[
+        ClassCase(
+            "names",
+            f"eval set named {name}",
+            ["config", "show", "--set", f"data.eval_sets=[{{{{name: {name}, kind: folder, path: x}}}}]"],
+            2,
+            "is a built-in split name",
+        )
+        for name in ("id_val", "ood_val", "id_test")
+    ],
+    ClassCase(
+        "names",
+        "eval set named like the dataset's shift",
+        [
+            "step",
+            "prepare",
+            *CONFIG,
+            "--out",
+            "{hostile}/prep-invert",
+            "--set",
+            "data.eval_sets=[{{name: invert, kind: folder, path: '{root}/photos'}}]",
+        ],
+        2,
+        "are splits of dataset 'digits' already",
+    ),
+    # --- unsupported locations --------------------------------------------------------------------------
+    ClassCase(
+        "locations",
+        "--checkpoint-root s3://",
+        [*FINETUNE, "--out", OUT, "--checkpoint-root", "s3://bucket/x"],
+        2,
+        "s3: is not supported",
+        absent=("s3:", OUT),
+    ),
+    ClassCase(
+        "locations",
+        "--checkpoint-root gs:// without a bucket",
+        [*FINETUNE, "--out", OUT, "--checkpoint-root", "gs://"],
+        2,
+        "needs a bucket",
+        absent=("gs:", OUT),
+    ),
+    ClassCase(
+        "locations",
+        "prepare --out gs://",
+        ["step", "prepare", *CONFIG, "--out", "gs://bucket/data"],
+        2,
+        "gs:// is not supported here",
+        absent=("gs:",),
+    ),
+    ClassCase(
+        "locations",
+        "evaluate --out gs://",
+        [*EVALUATE, "--out", "gs://bucket/e.json"],
+        2,
+        "gs:// is not supported here",
+        absent=("gs:",),
+    ),
+    ClassCase(
+        "locations",
+        "data.root s3://",
+        ["config", "show", "--set", "data.root=s3://bucket/x"],
+        2,
+        "data.root: 's3://bucket/x': s3: is not supported",
+    ),
+    ClassCase(
+        "locations",
+        "tracking URI of no tracking store",
+        ["config", "show", "--set", "tracking.mlflow_uri=redis://h"],
+        2,
+        "is not an MLflow tracking store",
+    ),
+    ClassCase(
+        "locations",
+        "submitted checkpoint_root s3://",
+        [*SUBMIT, "--param", "checkpoint_root=s3://bucket/x"],
+        2,
+        "--param checkpoint_root 's3://bucket/x': s3: is not supported",
+    ),
+    # --- secrets in other forms -------------------------------------------------------------------------
+    ClassCase(
+        "secrets",
+        "libpq ?password= in a submitted storage",
+        [
+            "submit",
+            "--host",
+            "http://127.0.0.1:9",
+            "--dry-run",
+            "--preset",
+            "smoke",
+            "--set",
+            f"search.storage=postgresql://u@db/optuna?password={SECRET}",
+        ],
+        2,
+        "holds a URL with a password",
+        hidden=(SECRET,),
+    ),
+    ClassCase(
+        "secrets",
+        "?sslpassword= in a compiled default",
+        [
+            "compile",
+            "--preset",
+            "smoke",
+            "--output",
+            "{hostile}/p.yaml",
+            "--set",
+            f"search.storage=postgresql://u@db/optuna?sslpassword={SECRET}",
+        ],
+        2,
+        "AUTOFT_OPTUNA_STORAGE",
+        hidden=(SECRET,),
+        absent=("{hostile}/p.yaml",),
+    ),
+    ClassCase(
+        "secrets",
+        "?token= in a --param",
+        [*SUBMIT, "--param", f"mlflow_tracking_uri=https://mlflow/?token={SECRET}"],
+        2,
+        "mlflow_tracking_uri holds a URL with a password",
+        hidden=(SECRET,),
+    ),
+    ClassCase(
+        "secrets",
+        "config show redacts",
+        ["config", "show", "--set", f"tracking.mlflow_uri=https://u:{SECRET}@m"],
+        0,
+        "https://u:***@m",
+        hidden=(SECRET,),
+    ),
+    ClassCase(
+        "secrets",
+        "unreachable database with a password",
+        ["step", "search", *CONFIG, *DATA, "--storage", f"postgresql://u:{SECRET}@127.0.0.1:9/optuna"],
+        1,
+        "connection to server at",
+        hidden=(SECRET,),
+    ),
+    ClassCase(
+        "secrets",
+        "mistyped URL with a password",
+        ["config", "show", "--set", f"search.storage=postgres//u:{SECRET}@db/optuna"],
+        2,
+        "u:***@db",
+        hidden=(SECRET,),
+    ),
+    # --- hostile files ----------------------------------------------------------------------------------
+    ClassCase("files", "YAML alias bomb", ["config", "show", "--config", "{hostile}/bomb.yaml"], 2, "alias bomb"),
+    ClassCase("files", "deeply nested YAML", ["config", "show", "--config", "{hostile}/deep.yaml"], 2, "nested deeper"),
+    ClassCase(
+        "files",
+        "duplicate YAML keys",
+        ["config", "show", "--config", "{hostile}/dup.yaml"],
+        2,
+        "duplicate key 'search'",
+    ),
+    ClassCase(
+        "files", "recursive YAML alias", ["config", "show", "--config", "{hostile}/recursive.yaml"], 2, "recursive"
+    ),
+    ClassCase(
+        "files",
+        "duplicate keys in a --set value",
+        ["config", "show", "--set", "model={{name: a, name: b}}"],
+        2,
+        "duplicate key 'name'",
+    ),
+    ClassCase(
+        "files",
+        "symlink out of an eval folder",
+        ["step", "evaluate", "--eval-folder", "{hostile}/link", "--model", "z={zeroshot}", "--out", OUT],
+        2,
+        "symbolic links leading outside",
+        absent=(OUT,),
+    ),
+    ClassCase(
+        "files",
+        "float image",
+        ["step", "evaluate", "--eval-folder", "{hostile}/ftiff", "--model", "z={zeroshot}", "--out", OUT],
+        2,
+        "mode F",
+        absent=(OUT,),
+    ),
+    ClassCase(
+        "files",
+        "NaN weights",
+        ["step", "evaluate", *CONFIG, "--data", "{data}", "--model", "m={hostile}/nan", "--out", OUT],
+        2,
+        "NaN or infinite values",
+        absent=(OUT,),
+    ),
+    ClassCase(
+        "files",
+        "infinite weights as the zero-shot model",
+        [
+            "step",
+            "search",
+            *CONFIG,
+            "--data",
+            "{data}",
+            "--zeroshot",
+            "{hostile}/inf",
+            "--storage",
+            "{hostile}/s.journal",
+        ],
+        2,
+        "NaN or infinite values",
+        absent=("{hostile}/s.journal",),
+    ),
+    ClassCase(
+        "files",
+        "corrupt .npz",
+        [
+            "step",
+            "evaluate",
+            *CONFIG,
+            "--data",
+            "{hostile}/data-badnpz",
+            "--eval-set",
+            "id_val",
+            "--model",
+            "z={zeroshot}",
+            "--out",
+            OUT,
+        ],
+        2,
+        "is corrupt",
+        absent=(OUT,),
+    ),
+    # --- one line instead of a traceback ------------------------------------------------------------------
+    ClassCase(
+        "one line",
+        "seed beyond 2**31",
+        ["config", "show", "--set", f"seed={2**70}"],
+        2,
+        "seed: Input should be less than or equal to 2147483647",
+    ),
+    ClassCase(
+        "one line",
+        "infinite lr",
+        ["config", "show", "--set", "finetune.lr=.inf"],
+        2,
+        "finetune.lr: Input should be a finite number",
+    ),
+    ClassCase(
+        "one line",
+        "unknown model name",
+        ["config", "show", "--set", "model.name=ViT-B-16x"],
+        2,
+        "unknown model 'ViT-B-16x'",
+    ),
+    ClassCase(
+        "one line",
+        "negative data seed",
+        ["config", "show", "--set", "data.ood_val.seed=-1"],
+        2,
+        "data.ood_val.seed: Input should be greater than or equal to 0",
+    ),
+    ClassCase(
+        "one line",
+        "two schema errors",
+        ["config", "show", "--set", "seed=-1", "--set", "search.n_trials=0"],
+        2,
+        "seed: Input should be greater than or equal to 0; search.n_trials",
+    ),
+    ClassCase(
+        "one line",
+        "batch larger than the dataset",
+        ["step", "search", *CONFIG, *DATA, "--storage", "{hostile}/b.journal", "--set", "data.batch_size=100000"],
+        2,
+        "is larger than the training split",
+        absent=("{hostile}/b.journal",),
+    ),
+    ClassCase(
+        "one line",
+        "compile --search-parallelism 0",
+        ["compile", "--preset", "smoke", "--output", "{hostile}/c.yaml", "--search-parallelism", "0"],
+        2,
+        "--search-parallelism 0",
+        absent=("{hostile}/c.yaml",),
+    ),
+    ClassCase(
+        "one line",
+        "garbage KFP host",
+        ["submit", "--host", "not a url", "--package", str(COMPILED), "--allow-unpinned-image"],
+        2,
+        "--host 'not a url'",
+    ),
+    ClassCase(
+        "one line",
+        "unreachable KFP host",
+        ["submit", "--host", "http://127.0.0.1:9", "--package", str(COMPILED), "--allow-unpinned-image"],
+        1,
+        "127.0.0.1",
+    ),
+    ClassCase(
+        "one line",
+        "unreachable PostgreSQL",
+        ["step", "select-best", *CONFIG, "--storage", "postgresql://u@127.0.0.1:9/optuna", "--out", OUT],
+        1,
+        "connection to server at",
+        absent=(OUT,),
+    ),
+    ClassCase(
+        "one line",
+        "--out a folder where a file is expected",
+        [*SELECT, "--out", "{root}/search"],
+        2,
+        "is a folder; give a file path",
+    ),
+    # --- misleading messages ------------------------------------------------------------------------------
+    ClassCase(
+        "messages",
+        "--workers 0",
+        ["step", "search", *CONFIG, *DATA, "--storage", "{hostile}/w.journal", "--workers", "0"],
+        2,
+        "--workers 0: at least one worker is needed",
+        absent=("{hostile}/w.journal",),
+    ),
+    ClassCase(
+        "messages",
+        "--search-parallelism names itself",
+        ["compile", "--preset", "smoke", "--output", "{hostile}/c.yaml", "--search-parallelism", "-1"],
+        2,
+        "--search-parallelism -1",
+    ),
+    ClassCase(
+        "messages",
+        "--out that is a folder suggests a file beside it",
+        [*EVALUATE, "--out", "{root}/search"],
+        2,
+        "e.g. {root}/search.json",
+    ),
+]
+
+
+def _digest(path: Path) -> str:
+    """A content hash of a file or a folder tree (lock files of running writers aside)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for item in sorted(path.rglob("*")) if path.is_dir() else [path]:
+        if item.is_file():
+            digest.update(str(item.relative_to(path) if path.is_dir() else item.name).encode())
+            digest.update(item.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("case", CLASS_CASES, ids=[f"{case.kind}: {case.name}" for case in CLASS_CASES])
+def test_hostile_input_by_class(
+    case: ClassCase,
+    ws: dict[str, str],
+    hostile_files: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    places = {**ws, **hostile_files}
+    inputs = [Path(places[key]) for key in ("data", "zeroshot", "done", "partial", "search")] + [Path(ws["journal"])]
+    inputs.append(Path(hostile_files["hostile"]) / "eval.json")
+    before = {path: _digest(path) for path in inputs}
+    monkeypatch.chdir(hostile_files["hostile"])  # a scheme turned into a local folder would land here
+    try:
+        code = main([arg.format(**places) for arg in case.argv])
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    captured = capsys.readouterr()
+    output = captured.out + captured.err
+    assert code == case.code, output
+    assert case.phrase.format(**places) in output, output
+    assert "Traceback" not in output
+    if code:
+        assert len(captured.err.strip().splitlines()) == 1, captured.err  # one line, not a log tail
+    for text in case.hidden:
+        assert text not in output
+    for path in case.absent:
+        assert not (Path(hostile_files["hostile"]) / path.format(**places)).exists(), f"{path} was created"
+    assert {path: _digest(path) for path in inputs} == before, "an input was modified"
+
+
+def test_every_class_has_three_cases() -> None:
+    kinds = [case.kind for case in CLASS_CASES]
+    assert all(kinds.count(kind) >= 3 for kind in set(kinds)), kinds
+    assert len(set(kinds)) == 7 and len({case.name for case in CLASS_CASES}) == len(CLASS_CASES)
+
+
+def test_image_modes_are_converted_not_clipped(hostile_files: dict[str, str]) -> None:
+    """16-bit grey keeps its range (PIL's convert("RGB") clips it to white); palette colours and alpha
+    (composited onto white) come out as they look."""
+    import numpy as np
+
+    from autoft.data.images import to_rgb
+
+    root = Path(hostile_files["hostile"])
+    with Image.open(root / "i16/zero/a.png") as img:
+        source = np.asarray(img).astype(float)
+        converted = np.asarray(to_rgb(img)).astype(float)
+    assert converted.shape == (32, 32, 3)
+    assert abs(converted[..., 0].mean() - source.mean() / 257) < 1.0  # not 255 everywhere
+    assert (converted[..., 0] == 255).mean() < 0.05
+    with Image.open(root / "pal/zero/a.png") as img:
+        assert tuple(np.asarray(to_rgb(img))[0, 0]) == (0, 0, 0)
+    with Image.open(root / "rgba/zero/a.png") as img:
+        assert tuple(np.asarray(to_rgb(img))[0, 0]) == (255, 255, 255)  # transparent -> the white background
+
+
+def test_a_second_writer_of_one_output_is_refused_and_a_dead_ones_lock_taken_over(tmp_path: Path) -> None:
+    import fcntl
+
+    from autoft.errors import ConfigError
+    from autoft.outputs import lock_path, output_lock
+
+    out = tmp_path / "eval.json"
+    with output_lock(out), pytest.raises(ConfigError, match="being written by another autoft"), output_lock(out):
+        pass
+    lock_path(out).write_text("99999999")  # left by a writer that was killed: nobody holds the flock
+    with output_lock(out) as held:
+        assert held.read_text() == str(os.getpid())
+        with open(held) as other, pytest.raises(BlockingIOError):
+            fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert not lock_path(out).exists()
+
+
+def test_a_checkpoint_root_of_another_run_advises_a_fresh_root(
+    ws: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --checkpoint-root shared with another fine-tuning run: a new --out would not help, a new root does."""
+    argv = ["step", "finetune", "--config", ws["config"], "--data", ws["data"], "--zeroshot", ws["zeroshot"]]
+    argv += ["--hparams", f"autoft={ws['search']}", "--checkpoint-root", str(tmp_path / "durable")]
+    assert main([*argv, "--out", str(tmp_path / "a"), "--set", "finetune.epochs=1"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "b"), "--set", "finetune.epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert "belongs to a different fine-tuning run (finetune settings differ)" in err, err
+    assert "fresh --checkpoint-root" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_resolved_configs_written_anywhere_are_redacted(ws: dict[str, str], tmp_path: Path) -> None:
+    """`step prepare` writes the resolved config beside the data: no user:PASSWORD@ or ?password= in it."""
+    argv = ["step", "prepare", "--config", ws["config"], "--out", str(tmp_path / "data")]
+    argv += ["--set", f"tracking.mlflow_uri=https://u:{SECRET}@mlflow", "--set"]
+    argv += [f"search.storage=postgresql://u@db/optuna?sslmode=require&password={SECRET}"]
+    assert main(argv) == 0
+    written = (tmp_path / "data" / "config.yaml").read_text()
+    assert SECRET not in written
+    assert "https://u:***@mlflow" in written and "password=***" in written and "sslmode=require" in written
+
+
+# ----------------------------------------------------------------------------------------------------
 # Ctrl-C, full and read-only disks: one line, exit 130 / 1, nothing half-written, the folder says so.
 # ----------------------------------------------------------------------------------------------------
 

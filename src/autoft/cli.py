@@ -10,10 +10,10 @@ the library itself never imports kfp.
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -21,6 +21,9 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from autoft.boundary import DISK_ERRORS, EXIT_FAILURE, EXIT_USER_ERROR, describe
+
+__all__ = ["DISK_ERRORS", "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_USER_ERROR", "main"]
 from autoft.config import (
     DEFAULT_PRESET,
     AutoFTConfig,
@@ -29,13 +32,11 @@ from autoft.config import (
     parse_assignments,
     resolve_config,
 )
-from autoft.errors import AutoFTError, ConfigError, caused_by_interrupt
+from autoft.errors import ConfigError, caused_by_interrupt
+from autoft.outputs import check_output, output_lock, refuse_finished
+from autoft.urls import check_location
 
-EXIT_FAILURE = 1
-EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
-# A full, read-only or forbidden disk: the environment, not a bug; one line instead of a traceback.
-DISK_ERRORS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM})
 COMMAND_PLUGINS = "autoft.commands"
 RUNNER_PLUGINS = "autoft.runners"
 Handler = Callable[[argparse.Namespace], None]
@@ -78,8 +79,12 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from autoft.stages import stage_prepare
 
     config = config_from_args(args)
-    data = stage_prepare(config, Path(args.out))
-    save_config(config, Path(args.out) / "config.yaml")
+    sources = {f"eval set {item.name}": item.path for item in config.data.eval_sets}
+    out = check_output(args.out, "folder", {"data.root": config.data.root, **sources})
+    refuse_finished(out, "data.json", "prepared data", args.overwrite)
+    with output_lock(out):
+        data = stage_prepare(config, out)
+        save_config(config, out / "config.yaml")
     print(f"prepared {data.dataset}: splits {sorted(data.splits)} -> {args.out}")
 
 
@@ -88,14 +93,19 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from autoft.paths import default_cache_dir
 
     config_from_args(args, DEFAULT_PRESET)  # validates --preset/--set; the model depends on neither
-    path = foundation_model(Path(args.cache_dir) if args.cache_dir else default_cache_dir())
+    cache = check_output(args.cache_dir, "folder", where="--cache-dir") if args.cache_dir else default_cache_dir()
+    path = foundation_model(cache)
     print(f"foundation model: {path}")
 
 
 def cmd_zeroshot(args: argparse.Namespace) -> None:
     from autoft.stages import stage_zeroshot
 
-    folder = stage_zeroshot(config_from_args(args), Path(args.data), Path(args.out))
+    config = config_from_args(args)
+    out = check_output(args.out, "folder", {"--data": args.data, "model.pretrained": _local(config.model.pretrained)})
+    refuse_finished(out, "model_card.json", "a saved model", args.overwrite)
+    with output_lock(out):
+        folder = stage_zeroshot(config, Path(args.data), out)
     print(f"zero-shot classifier -> {folder}")
 
 
@@ -115,7 +125,10 @@ def cmd_select_best(args: argparse.Namespace) -> None:
     config.check_method(args.method, purpose="search")
     from autoft.study_stages import stage_select_best
 
-    result = stage_select_best(config, args.method, args.storage, Path(args.out))
+    out = check_output(args.out, "file", {"--storage": args.storage})
+    refuse_finished(out, "", "a search result", args.overwrite)
+    with output_lock(out):
+        result = stage_select_best(config, args.method, args.storage, out)
     print(f"best {args.method}: trial {result.best_trial} value {result.best_value:.4f} -> {args.out}")
 
 
@@ -129,6 +142,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     from autoft.methods import BASE_METHODS, searched_methods
     from autoft.stages import finetune_hparams, stage_finetune
 
+    search_results: dict[str, str] = {}
     if BASE_METHODS[args.method].grid:
         # A conventional baseline: one grid point per call (`autoft step select-grid` keeps the best).
         if args.grid_lr is None or args.hparams:
@@ -142,24 +156,36 @@ def cmd_finetune(args: argparse.Namespace) -> None:
             raise ConfigError(
                 f"--method {args.method} fine-tunes with searched hyperparameters: give --hparams, not --grid-lr"
             )
-        search_results = parse_assignments(args.hparams, "--hparams", "autoft=run/search/autoft.json")
+        search_results = _named_paths(args.hparams, "--hparams", "autoft=run/search/autoft.json")
         searched = searched_methods(config.methods)
         unknown = sorted(set(search_results) - set(searched))
         if unknown:
             raise ConfigError(f"--hparams names {unknown}, which this config does not search; searched: {searched}")
         hparams = finetune_hparams(args.method, {k: Path(v) for k, v in search_results.items()})
-    finished = args.resume and (Path(args.out) / "finetune.json").is_file()
-    summary = stage_finetune(
-        config,
-        Path(args.data),
-        Path(args.zeroshot),
-        args.method,
-        hparams,
-        Path(args.out),
-        resume=args.resume,
-        nproc=nproc,
-        durable_root=args.checkpoint_root,
-    )
+    if args.checkpoint_root:
+        check_location(args.checkpoint_root, "--checkpoint-root", gcs=True)
+    inputs = {"--data": args.data, "--zeroshot": args.zeroshot, "--checkpoint-root": args.checkpoint_root}
+    out = check_output(args.out, "folder", {**inputs, **{f"--hparams {k}": v for k, v in search_results.items()}})
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume keeps what --out holds and --overwrite replaces it: give one of them")
+    if not args.resume:
+        refuse_finished(
+            out, "finetune.json", "a finished fine-tune", args.overwrite, "--resume keeps it (same settings)"
+        )
+        refuse_finished(out, "train", "an unfinished fine-tune", args.overwrite, "--resume continues it")
+    finished = args.resume and (out / "finetune.json").is_file()
+    with output_lock(out):
+        summary = stage_finetune(
+            config,
+            Path(args.data),
+            Path(args.zeroshot),
+            args.method,
+            hparams,
+            out,
+            resume=args.resume,
+            nproc=nproc,
+            durable_root=args.checkpoint_root,
+        )
     if finished:
         print(f"fine-tuning {args.method} had already finished in {args.out}: nothing to resume")
     print(
@@ -172,7 +198,11 @@ def cmd_select_grid(args: argparse.Namespace) -> None:
     config = config_from_args(args)
     from autoft.baselines import stage_select_grid
 
-    summary = stage_select_grid(config, args.method, [Path(folder) for folder in args.point], Path(args.out))
+    inputs = {f"--point {index}": folder for index, folder in enumerate(args.point)}
+    out = check_output(args.out, "folder", inputs)
+    refuse_finished(out, "finetune.json", "a chosen grid point", args.overwrite)
+    with output_lock(out):
+        summary = stage_select_grid(config, args.method, [Path(folder) for folder in args.point], out)
     print(
         f"{args.method}: chose lr {summary.hparams.lr:g} (ID-val {summary.best_id_val:.4f}, epoch "
         f"{summary.best_epoch + 1}) of {len(summary.grid)} grid points -> {args.out}"
@@ -181,21 +211,41 @@ def cmd_select_grid(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     config = config_from_args(args)
-    models = {name: Path(folder) for name, folder in parse_assignments(args.model, "--model", "ft=run/ft").items()}
+    models = {name: Path(folder) for name, folder in _named_paths(args.model, "--model", "ft=run/ft").items()}
     from autoft.stages import stage_evaluate
 
+    inputs = {f"--model {name}": folder for name, folder in models.items()}
+    inputs.update({"--data": args.data, "--eval-folder": args.eval_folder, "--eval-csv": args.eval_csv})
+    out = check_output(args.out, "file", inputs)
+    refuse_finished(out, "", "an evaluation", args.overwrite)
     data_dir, eval_set = Path(args.data), args.eval_set
-    if args.eval_folder or args.eval_csv:
-        data_dir, eval_set = _ad_hoc_eval_set(args, models)
-    elif not args.data:
-        raise ConfigError("give --data (a prepared-data folder) with --eval-set, or --eval-folder / --eval-csv")
-    results = stage_evaluate(config, data_dir, eval_set, models, Path(args.out))
+    with output_lock(out), tempfile.TemporaryDirectory(prefix="autoft-eval-") as scratch:
+        if args.eval_folder or args.eval_csv:
+            # The ad-hoc eval set's manifest lives only as long as this command: no folder beside --out.
+            data_dir, eval_set = _ad_hoc_eval_set(args, models, Path(scratch))
+        elif not args.data:
+            raise ConfigError("give --data (a prepared-data folder) with --eval-set, or --eval-folder / --eval-csv")
+        results = stage_evaluate(config, data_dir, eval_set, models, out)
     for name, row in results.models.items():
         print(f"{name} on {eval_set}: {config.metric} {row.value:.4f}")
 
 
-def _ad_hoc_eval_set(args: argparse.Namespace, models: dict[str, Path]) -> tuple[Path, str]:
-    """Register an image folder or CSV as an eval set next to the output, labelled by class name."""
+def _named_paths(items: list[str], what: str, example: str) -> dict[str, str]:
+    """``NAME=PATH`` arguments; an empty path would silently mean the current folder."""
+    named = parse_assignments(items, what, example)
+    empty = [name for name, path in named.items() if not path.strip()]
+    if empty:
+        raise ConfigError(f"{what} {empty[0]}= names no path; write e.g. {example}")
+    return named
+
+
+def _local(location: str) -> str | None:
+    """A config location that names a local path, or None (a tag, a gs:// URI, builtin:...)."""
+    return location if location and ("/" in location or Path(location).exists()) and ":" not in location else None
+
+
+def _ad_hoc_eval_set(args: argparse.Namespace, models: dict[str, Path], folder: Path) -> tuple[Path, str]:
+    """Register an image folder or CSV as an eval set in ``folder`` (a scratch folder), labelled by class name."""
     from autoft.contracts import PreparedData
     from autoft.data.ds_generic import load_eval_set
     from autoft.data.manifests import save_file_split
@@ -204,7 +254,6 @@ def _ad_hoc_eval_set(args: argparse.Namespace, models: dict[str, Path]) -> tuple
     card = read_model_card(next(iter(models.values())))
     kind, path = ("folder", args.eval_folder) if args.eval_folder else ("csv", args.eval_csv)
     images = load_eval_set(kind, path, card["class_names"], allow_outside_paths=args.allow_outside_paths)
-    folder = Path(args.out).parent / "adhoc_eval"
     save_file_split(folder, "eval", images)
     PreparedData(
         dataset=kind,
@@ -287,10 +336,11 @@ def cmd_run(args: argparse.Namespace) -> None:
     from autoft.stages import resolve_device
 
     resolve_device(config)  # device=cuda without a GPU fails here, not in the third step
-    run_dir = Path(args.out) if args.out else _default_run_dir(config.preset)
+    run_dir = check_output(args.out, "folder") if args.out else _default_run_dir(config.preset)
+    refuse_finished(run_dir, "results.json", "a finished run", args.overwrite)
     config = with_shared_local_tracking(config, run_dir)
     startup = process_seconds()
-    with run_status(run_dir):
+    with output_lock(run_dir), run_status(run_dir):
         results = available[args.runner](config, run_dir)
     # The whole command, its start-up included (Python, imports, config): what a user waits for.
     results.timing_s.update({"startup": round(startup, 3), "total": round(process_seconds(), 3)})
@@ -305,6 +355,10 @@ def cmd_run(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+def add_overwrite(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--overwrite", action="store_true", help=f"replace {what} already in --out (otherwise refused)")
+
+
 def _add_stage_commands(sub: argparse._SubParsersAction) -> None:
     """The per-step commands; registered both at the top level and under `autoft step`."""
 
@@ -316,10 +370,12 @@ def _add_stage_commands(sub: argparse._SubParsersAction) -> None:
 
     p = add("prepare", cmd_prepare, "build split manifests and the OOD-val subset into --out")
     p.add_argument("--out", required=True, help="prepared-data folder (data.json + split manifests)")
+    add_overwrite(p, "prepared data")
 
     p = add("zeroshot", cmd_zeroshot, "build the zero-shot CLIP classifier (weights + model card)")
     p.add_argument("--data", required=True, help="prepared-data folder")
     p.add_argument("--out", required=True, help="model folder to write")
+    add_overwrite(p, "a saved model")
 
     p = add("search", cmd_search, "run one search worker on a shared Optuna study (total budget across workers)")
     p.add_argument("--data", required=True, help="prepared-data folder")
@@ -339,6 +395,7 @@ def _add_stage_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default="autoft", help="a searched method of the config")
     p.add_argument("--storage", required=True, help="the study's storage (it must exist)")
     p.add_argument("--out", required=True, help="JSON file to write (schema autoft.search/v1)")
+    add_overwrite(p, "a search result")
 
     p = add(
         "finetune",
@@ -364,6 +421,7 @@ def _add_stage_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="output folder (model/, wiseft/, train/, finetune.json)")
     p.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint in --out")
+    add_overwrite(p, "a finished or unfinished fine-tune (without it such an --out is refused)")
     p.add_argument(
         "--checkpoint-root",
         default="",
@@ -383,6 +441,7 @@ def _add_stage_commands(sub: argparse._SubParsersAction) -> None:
         "--point", action="append", required=True, metavar="FOLDER", help="a finetune --grid-lr output; one per lr"
     )
     p.add_argument("--out", required=True, help="output folder (model/, wiseft/, finetune.json with every point)")
+    add_overwrite(p, "a chosen grid point")
 
     p = add("evaluate", cmd_evaluate, "evaluate saved models on one eval set (or any image folder / CSV)")
     p.add_argument("--data", default="", help="prepared-data folder (for --eval-set)")
@@ -397,6 +456,7 @@ def _add_stage_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", action="append", required=True, metavar="NAME=FOLDER", help="a saved model")
     p.add_argument("--out", required=True, help="JSON file with metrics and confusion matrices")
+    add_overwrite(p, "an evaluation")
 
     p = add("report", cmd_report, "assemble results.json, report.md/html and plots from a run folder")
     p.add_argument("--run", required=True, help="run folder")
@@ -426,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="kfp: the compiled pipeline through kfp.local (each step a subprocess; needs the pipeline package); "
         "inprocess: the same stages in this process (debugging)",
     )
+    add_overwrite(run, "a finished run")
     run.set_defaults(handler=cmd_run)
 
     config = sub.add_parser("config", help="show the resolved configuration")
@@ -474,11 +535,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TQDM_MININTERVAL", "1")
     try:
         status = args.handler(args)  # None, or an exit status of its own (e.g. a waited-for run that failed)
-    except AutoFTError as error:
-        if args.verbose:
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         if args.verbose:
             raise
@@ -486,15 +542,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:
         if not args.verbose and caused_by_interrupt(error):  # Ctrl-C that landed in a library's cleanup
             return _interrupted()
-        if args.verbose or not isinstance(error, OSError) or error.errno not in DISK_ERRORS:
+        # One line for every failure a user can cause or meet (autoft.boundary); -v: the traceback.
+        known = describe(error)
+        if args.verbose or known is None:
             raise
-        where = f" {error.filename}" if error.filename else ""
-        print(
-            f"error: cannot write{where}: {error.strerror}; free space or pick a writable folder, then run the "
-            "command again (nothing half-written was left under a final name)",
-            file=sys.stderr,
-        )
-        return EXIT_FAILURE
+        code, line = known
+        print(line, file=sys.stderr)
+        return code
     return int(status or 0)
 
 

@@ -33,17 +33,23 @@ from autoft.data.registry import known_datasets
 from autoft.errors import ConfigError
 from autoft.hparams import LOSS_NAMES
 from autoft.methods import BASE_METHODS, ZEROSHOT, base_of, method_problems
-from autoft.urls import check_study_storage, redact_url, url_password
+from autoft.urls import check_location, check_study_storage, check_tracking_uri, redact_url, url_password
 
 METRICS: tuple[str, ...] = ("accuracy", "macro_f1", "worst_group_accuracy", "neg_cross_entropy")
 Metric = Literal["accuracy", "macro_f1", "worst_group_accuracy", "neg_cross_entropy"]
 PositiveFloat = Annotated[float, Field(gt=0)]
 PRESET_DIR = Path(__file__).parent / "presets"
 DEFAULT_PRESET = "digits"
+# Seeds reach Optuna's sampler (numpy RandomState: below 2**32) after a worker index is added.
+SEED_MAX = 2**31 - 1
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+# Split names every prepared dataset defines; an eval set of the same name would silently replace one.
+RESERVED_SPLIT_NAMES = ("id_train", "id_val", "id_test", "ood_val", "ood_val_source", "ood_val_holdout", "eval")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+    # NaN and infinity are never meaningful settings (lr=.inf would fail in the first optimizer step).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
 
 class Bounds(_Strict):
@@ -84,6 +90,18 @@ class ModelConfig(_Strict):
         "see docs/performance.md for what that costs and changes",
     )
 
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        from autoft.models.names import check_model_name
+
+        return check_model_name(value)
+
+    @field_validator("pretrained")
+    @classmethod
+    def _pretrained_location(cls, value: str) -> str:
+        return check_location(value, "", gcs=True, what="a tag, a local file or builtin:digits")
+
     @field_validator("templates")
     @classmethod
     def _templates_have_slot(cls, value: list[str] | None) -> list[str] | None:
@@ -105,7 +123,7 @@ class OodValConfig(_Strict):
         "capped by the source)",
     )
     class_balanced: bool = Field(False, description="sample size // classes images per class present")
-    seed: int | None = Field(None, description="draws the subset; None = the root seed")
+    seed: Seed | None = Field(None, description="draws the subset; None = the root seed")
     holdout_size: int = Field(
         1000,
         ge=0,
@@ -119,12 +137,30 @@ class OodValConfig(_Strict):
 class EvalSetConfig(_Strict):
     """An extra evaluation shift given by the user: an image folder or a CSV manifest."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="letters, digits, '_', '.', '-'")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description=f"letters, digits, '_', '.', '-'; not a built-in split name ({', '.join(RESERVED_SPLIT_NAMES)})",
+    )
     kind: Literal["folder", "csv"]
     path: str
     allow_absolute_paths: bool = Field(
         False, description="csv only: let rows name images outside the CSV's folder (absolute or ../ paths)"
     )
+
+    @field_validator("name")
+    @classmethod
+    def _not_a_builtin_split(cls, value: str) -> str:
+        if value in RESERVED_SPLIT_NAMES:
+            raise ValueError(
+                f"{value!r} is a built-in split name (it would replace that split); rename the eval set, "
+                f"e.g. my_{value}; reserved: {list(RESERVED_SPLIT_NAMES)}"
+            )
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _path_location(cls, value: str) -> str:
+        return check_location(value, "", gcs=True, what="a local folder or CSV")
 
     @model_validator(mode="after")
     def _csv_only(self) -> EvalSetConfig:
@@ -172,6 +208,11 @@ class DataConfig(_Strict):
         except ValidationError as error:
             raise ValueError(_options_problems(error, model)) from None
 
+    @field_validator("root")
+    @classmethod
+    def _root_location(cls, value: str) -> str:
+        return check_location(value, "", gcs=True) if value.strip() else value
+
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
@@ -215,8 +256,8 @@ class SearchConfig(_Strict):
     inner_steps: int = Field(10, ge=1)
     max_failed_trials: int = Field(0, ge=0, description="0 = n_trials; stop the search after this many failures")
     storage: str = Field("", description="'' = a journal file in the run folder, or an Optuna RDB URL")
-    study_name: str = "autoft"
-    seed: int | None = Field(None, description="seeds the sampler and the inner loop's batches; None = root seed")
+    study_name: str = Field("autoft", min_length=1)
+    seed: Seed | None = Field(None, description="seeds the sampler and the inner loop's batches; None = root seed")
     multivariate: bool = True
     constant_liar: bool = True
     heartbeat_interval: int = Field(0, ge=0, description="seconds; RDB storage only; 0 = off")
@@ -259,7 +300,7 @@ class FinetuneConfig(_Strict):
     warmup_steps: int = Field(500, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     lr: float | None = Field(None, gt=0, description="override the searched lr (normally unset)")
-    seed: int | None = Field(None, description="shuffling and captions of the final run; None = the root seed")
+    seed: Seed | None = Field(None, description="shuffling and captions of the final run; None = the root seed")
 
     @model_validator(mode="after")
     def _accum_divides(self) -> FinetuneConfig:
@@ -316,8 +357,8 @@ class WiseFTConfig(_Strict):
 
 class TrackingConfig(_Strict):
     mlflow_uri: str = Field("", description="'' = $MLFLOW_TRACKING_URI, else SQLite beside the run folders")
-    experiment: str = "autoft"
-    registered_model: str = "autoft-clip"
+    experiment: str = Field("autoft", min_length=1)
+    registered_model: str = Field("autoft-clip", min_length=1)
     nested_trials: int = Field(
         5,
         ge=-1,
@@ -325,10 +366,17 @@ class TrackingConfig(_Strict):
         "method run's search/trials.csv); 0 = none, -1 = all",
     )
 
+    @field_validator("mlflow_uri")
+    @classmethod
+    def _tracking_scheme(cls, value: str) -> str:
+        return check_tracking_uri(value, "")
+
 
 class AutoFTConfig(_Strict):
     preset: str = "custom"
-    seed: int = Field(0, ge=0, description="the root seed: data splits, search and fine-tuning derive from it")
+    seed: int = Field(
+        0, ge=0, le=SEED_MAX, description="the root seed: data splits, search and fine-tuning derive from it"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     metric: Metric = "accuracy"
     selection_metric: Metric | None = Field(None, description="metric for ID-val model selection; None = metric")
@@ -418,23 +466,133 @@ def _format_error(error: ValidationError) -> str:
             message = "unknown key (check the spelling; `autoft config show` prints every key)"
         elif item["type"] in ("literal_error", "int_type", "float_type", "bool_type", "string_type"):
             message = f"{message} (got {item.get('input')!r})"
-        lines.append(f"  {path}: {message}")
-    return "invalid configuration:\n" + "\n".join(lines)
+        lines.append(f"{path}: {message}")
+    return "invalid configuration: " + "; ".join(lines)
+
+
+# Limits for every YAML document this project reads (configs, --set values, pipeline parameters): a config
+# is a few KiB, a few levels deep, with a handful of aliases; a hostile file must not exhaust memory (an
+# alias bomb expands exponentially) or the stack (deep nesting).
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_DEPTH = 64
+MAX_YAML_NODES = 100_000
+
+
+class YamlRefused(yaml.YAMLError):
+    """A YAML document over a limit, or with a duplicate key: refused before it is built."""
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, reading ``1e-5`` as a float (YAML 1.1 wants a dot: ``1.0e-5``)."""
+    """PyYAML's safe loader, reading ``1e-5`` as a float (YAML 1.1 wants a dot: ``1.0e-5``), with limits:
+    nesting depth, expanded size (aliases counted as often as they are used) and no duplicate keys."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise YamlRefused(f"nested deeper than {MAX_YAML_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_expanded_size(node)
+        return super().construct_document(node)
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: PyYAML reports it itself
+                    continue
+                if duplicate:
+                    line = key_node.start_mark.line + 1
+                    raise YamlRefused(f"duplicate key {key!r} at line {line} (a later copy would silently win)")
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    """Count nodes as construction would copy them out (an alias counts its whole target each time)."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise YamlRefused("an alias refers to the node that contains it (a recursive structure)")
+        active.add(key)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_YAML_NODES:
+                raise YamlRefused(f"expands to more than {MAX_YAML_NODES} values (an alias bomb?)")
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    size(root)
 
 
 _SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _SCIENTIFIC, list("-+0123456789."))
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's error as one line: the problem and where (its own message spans several lines)."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem:
+        mark = error.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        context = f"{error.context}; " if error.context else ""
+        return f"{context}{error.problem}{where}"
+    return " ".join(str(error).split())
+
+
 def parse_yaml(text: str, source: str) -> Any:
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{source} is {len(text)} characters; a config holds at most {MAX_YAML_BYTES} (1 MiB)")
     try:
         return yaml.load(text, Loader=_Loader)
+    except YamlRefused as error:
+        raise ConfigError(f"{source} is refused: {error}") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"{source} is not valid YAML: {error}") from None
+        raise ConfigError(f"{source} is not valid YAML: {_yaml_problem(error)}") from None
+    except RecursionError:
+        raise ConfigError(f"{source} is refused: nested too deeply") from None
+    except ValueError as error:  # e.g. an integer of more digits than Python converts (4300)
+        raise ConfigError(f"{source} is refused: {' '.join(str(error).split())}") from None
+
+
+def parse_yaml_documents(text: str, source: str, max_bytes: int = MAX_YAML_BYTES) -> list[Any]:
+    """Every document of a multi-document YAML file (a compiled pipeline), under the same limits."""
+    if len(text) > max_bytes:
+        raise ConfigError(f"{source} is {len(text)} characters; at most {max_bytes} are read")
+    try:
+        return list(yaml.load_all(text, Loader=_Loader))
+    except YamlRefused as error:
+        raise ConfigError(f"{source} is refused: {error}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source} is not valid YAML: {_yaml_problem(error)}") from None
+    except RecursionError:
+        raise ConfigError(f"{source} is refused: nested too deeply") from None
+    except ValueError as error:  # e.g. an integer of more digits than Python converts (4300)
+        raise ConfigError(f"{source} is refused: {' '.join(str(error).split())}") from None
 
 
 def split_assignment(item: str, what: str, example: str) -> tuple[str, str]:
@@ -484,6 +642,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
+        if path.stat().st_size > MAX_YAML_BYTES * 4:  # refused by parse_yaml anyway; do not read gigabytes
+            raise ConfigError(f"config file {path} is {path.stat().st_size} bytes; a config holds at most 1 MiB")
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"cannot read config file {path}: {error}") from None
@@ -566,8 +726,29 @@ def config_to_dict(config: AutoFTConfig) -> dict[str, Any]:
     return json.loads(config.model_dump_json())
 
 
+# Config keys whose value is a credential whatever its form (none in the schema today; dataset options and
+# future keys are covered by name).
+SECRET_KEY_WORDS = ("password", "passwd", "secret", "token", "api_key", "apikey", "credential")
+
+
+def redact_config(value: Any, key: str = "") -> Any:
+    """A plain config mapping with every credential hidden: URL passwords and secret query values
+    (:func:`autoft.urls.redact_url`) and the values of keys named like a secret. The one redaction every
+    resolved config written anywhere (artifacts, run folders, MLflow, the console) goes through."""
+    if isinstance(value, dict):
+        return {name: redact_config(child, str(name)) for name, child in value.items()}
+    if isinstance(value, list):
+        return [redact_config(child, key) for child in value]
+    if isinstance(value, str):
+        if value and any(word in key.lower() for word in SECRET_KEY_WORDS):
+            return "***"
+        return redact_url(value)
+    return value
+
+
 def config_to_yaml(config: AutoFTConfig) -> str:
-    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+    """The resolved config as YAML, credentials redacted (it is printed, logged and saved beside outputs)."""
+    return yaml.safe_dump(redact_config(config_to_dict(config)), sort_keys=False)
 
 
 def save_config(config: AutoFTConfig, path: str | Path) -> Path:

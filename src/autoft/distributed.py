@@ -171,6 +171,11 @@ def resolve_nproc(setting: int | str) -> int:
         raise ConfigError(f"--nproc must be a positive integer or 'auto', got {setting!r}") from None
     if count < 1:
         raise ConfigError(f"--nproc must be a positive integer or 'auto', got {setting!r}")
+    # One process per GPU (or per core on CPUs; a few per core still test DDP there): thousands would only be
+    # processes fighting for the same devices.
+    limit = max(torch.cuda.device_count(), 4 * (os.cpu_count() or 1))
+    if count > limit:
+        raise ConfigError(f"--nproc {count} is more than this node can use (at most {limit}: 4 per core or 1 per GPU)")
     return count
 
 

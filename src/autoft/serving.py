@@ -22,6 +22,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 from PIL import Image
 
+from autoft.data.images import to_rgb
 from autoft.errors import DataError
 
 IMAGE_COLUMN = "image"
@@ -67,8 +68,8 @@ def _decode(value: Any) -> Image.Image:
         value = base64.b64decode(value)  # JSON-serialised inputs carry bytes as base64
     try:
         with Image.open(io.BytesIO(bytes(value))) as image:
-            return image.convert("RGB")
-    except OSError as error:
+            return to_rgb(image)
+    except (OSError, ValueError) as error:
         raise DataError(f"cannot decode an input image: {error}") from None
 
 

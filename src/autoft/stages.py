@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -43,7 +44,7 @@ from autoft.data.registry import get_builder
 from autoft.data.transforms import eval_transform, train_transform
 from autoft.distributed import SINGLE, Dist, distributed, launch
 from autoft.durable import DurableCheckpoints
-from autoft.errors import ConfigError, DataError
+from autoft.errors import CheckpointError, ConfigError, DataError
 from autoft.evaluate import Predictions, all_metrics, confusion, metric_value, predict_batches
 from autoft.hparams import Hyperparams
 from autoft.methods import BASE_METHODS, hparams_source
@@ -62,6 +63,15 @@ log = logging.getLogger(__name__)
 BUILTIN_PRETRAINED_PREFIX = "builtin:"
 # The headline metric of a WILDS split comes from WILDS' own evaluator: our metric -> its key.
 WILDS_METRIC_KEYS = {"macro_f1": "F1-macro_all", "worst_group_accuracy": "acc_worst_region", "accuracy": "acc_avg"}
+
+
+def check_batch_fits(batch_size: int, examples: int, field: str) -> None:
+    """A batch larger than the training split would silently become the whole split, every step."""
+    if batch_size > examples:
+        raise ConfigError(
+            f"{field}={batch_size} is larger than the training split ({examples} examples); set {field} to at most "
+            f"{examples}"
+        )
 
 
 def resolve_device(config: AutoFTConfig, dist: Dist = SINGLE) -> torch.device:
@@ -90,6 +100,15 @@ def stage_prepare(config: AutoFTConfig, out_dir: Path) -> PreparedData:
     splits.check()
     drawn = draw_ood_val(out_dir, splits, config.data.ood_val, config.ood_val_seed)
     manifests = {**splits.manifests, **drawn.manifests}
+    train_size = len(load_split(out_dir / splits.manifests["id_train"]))
+    check_batch_fits(config.data.batch_size, train_size, "data.batch_size")
+    check_batch_fits(config.finetune.batch_size, train_size, "finetune.batch_size")
+    taken = [item.name for item in config.data.eval_sets if item.name in manifests]
+    if taken:
+        raise ConfigError(
+            f"data.eval_sets names {taken} are splits of dataset {config.data.dataset!r} already "
+            f"({sorted(manifests)}); rename the eval sets"
+        )
     extra_tests = []
     for eval_set in config.data.eval_sets:
         from autoft.data.ds_generic import eval_set_root, load_eval_set
@@ -177,6 +196,7 @@ def stage_search(
         else (None, None)
     )
     train = load_split(data.manifest("id_train"))
+    check_batch_fits(config.data.batch_size, len(train), "data.batch_size")
     settings = input_settings(config, device)
     stream = BatchStream(
         ImageBatches(train, train_transform(model.image_spec), settings),
@@ -271,6 +291,37 @@ def stage_finetune(
     that torchrun started (WORLD_SIZE in its environment) runs as its rank.
     """
     out_dir = Path(out_dir)
+    try:
+        return _finetune_restored(
+            config, data_dir, zeroshot_dir, method, hparams, out_dir, resume, progress, observer, nproc, durable_root
+        )
+    except CheckpointError as error:
+        if not durable_root or "different fine-tuning run" not in str(error):
+            raise
+        # The checkpoint came from --checkpoint-root: another output folder would not help, another root does.
+        differs = re.search(r"\(([^()]*) differs?\)", str(error))
+        what = f" ({differs.group(1)} differ)" if differs else ""
+        raise CheckpointError(
+            f"the checkpoint in --checkpoint-root {durable_root} belongs to a different fine-tuning run{what}; "
+            "give this run its own fresh --checkpoint-root (each run and method needs one), then start it again "
+            "with --overwrite"
+        ) from None
+
+
+def _finetune_restored(
+    config: AutoFTConfig,
+    data_dir: Path,
+    zeroshot_dir: Path,
+    method: str,
+    hparams: Hyperparams,
+    out_dir: Path,
+    resume: bool,
+    progress: bool,
+    observer: TrainingObserver | None,
+    nproc: int,
+    durable_root: str,
+) -> FinetuneSummary:
+    restored: int | None = None
     # The launching process restores (once); torchrun's ranks, started with WORLD_SIZE, find it on disk.
     if durable_root and "WORLD_SIZE" not in os.environ:
         restored = DurableCheckpoints(durable_root).restore(out_dir / "train")
@@ -358,6 +409,7 @@ def _finetune_rank(
         check_fingerprint(summary.fingerprint, fingerprint, finished)
         log.info("fine-tuning %s already finished in %s: nothing to resume", method, out_dir)
         return summary
+    check_batch_fits(config.finetune.batch_size, len(load_split(data.manifest("id_train"))), "finetune.batch_size")
     model = load_classifier(zeroshot_dir, device=device)
     settings = input_settings(config, device, dist.world_size)
     train = ImageBatches(load_split(data.manifest("id_train")), train_transform(model.image_spec), settings)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from autoft.errors import ConfigError, StorageError
 
@@ -60,7 +60,7 @@ def check_study_storage(storage: str, where: str) -> str:
         return storage
     if _URL_TYPO.search(storage):
         raise ConfigError(
-            f"{where} {redact_url(storage)!r} looks like a mistyped database URL (no '://'); write e.g. "
+            f"{where} {redact_text(storage)!r} looks like a mistyped database URL (no '://'); write e.g. "
             "postgresql://user@host/db, or give a local *.journal file"
         )
     if not storage.endswith(JOURNAL_SUFFIX):
@@ -68,21 +68,151 @@ def check_study_storage(storage: str, where: str) -> str:
     return storage
 
 
-def url_password(url: str) -> str | None:
+# Query-string keys that carry a credential: libpq's password/sslpassword, OAuth tokens, signed-URL
+# signatures, API keys. A URL holding one is treated exactly like one with a password in its user-info.
+SECRET_QUERY_KEYS = frozenset(
+    {
+        "password",
+        "passwd",
+        "pwd",
+        "pass",
+        "sslpassword",
+        "token",
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "auth",
+        "auth_token",
+        "secret",
+        "client_secret",
+        "key",
+        "api_key",
+        "apikey",
+        "access_key",
+        "secret_key",
+        "sig",
+        "signature",
+        "x-goog-signature",
+        "x-amz-signature",
+        "x-amz-credential",
+        "credential",
+        "credentials",
+    }
+)
+REDACTED = "***"
+
+
+def _secret_query_values(url: str) -> list[str]:
     try:
-        return urlsplit(url).password if "://" in url else None
+        query = urlsplit(url).query
     except ValueError:
+        return []
+    return [value for key, value in parse_qsl(query, keep_blank_values=False) if key.lower() in SECRET_QUERY_KEYS]
+
+
+def url_password(url: str) -> str | None:
+    """The credential a URL carries, in its user-info (``user:PASSWORD@``) or its query (``?password=``,
+    ``?token=``, ...), or None: the one test every "no secret in a parameter / artifact / log" check uses."""
+    if "://" not in url:
         return None
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    if password:
+        return password
+    secrets = _secret_query_values(url)
+    return secrets[0] if secrets else None
 
 
 def redact_url(url: str) -> str:
-    """Hide a password in a URL (database or HTTP basic auth) before it reaches a message or a log."""
-    password = url_password(url)
-    if not password:
+    """Hide every credential in a URL (user-info password, secret query values) before it reaches a message,
+    a log, an artifact or MLflow."""
+    if not url_password(url):
         return url
     parts = urlsplit(url)
-    netloc = f"{parts.username}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    try:
+        has_password = bool(parts.password)
+    except ValueError:
+        has_password = False
+    if has_password:
+        netloc = f"{parts.username}:{REDACTED}@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+        parts = parts._replace(netloc=netloc)
+    if parts.query:
+        query = [
+            (key, REDACTED if key.lower() in SECRET_QUERY_KEYS else value)
+            for key, value in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+        parts = parts._replace(query=urlencode(query, safe="*"))
+    return urlunsplit(parts)
+
+
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+# ``user:password@host`` anywhere, with or without a scheme (a mistyped URL still carries its password).
+_USERINFO = re.compile(r"(?<![\w.%+-])([\w.%+-]+):([^\s@/'\"]+)@")
+
+
+def redact_text(text: str) -> str:
+    """Every URL inside a free text (an exception's message, a log line) with its credentials hidden."""
+
+    def one(match: re.Match[str]) -> str:
+        found = match.group(0)
+        url = found.rstrip(").,;:]'")  # punctuation of the sentence around it
+        return redact_url(url) + found[len(url) :]
+
+    text = _URL_IN_TEXT.sub(one, text)
+    return _USERINFO.sub(lambda match: f"{match.group(1)}:{REDACTED}@", text)
+
+
+# What MLflow's tracking client talks to: a server, a database, a local store (file: or a plain path).
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks", "databricks-uc")
+
+
+def check_tracking_uri(uri: str, where: str) -> str:
+    text = uri.strip()
+    if not text:
+        return uri
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):", text)
+    scheme = match.group(1).split("+")[0].lower() if match and len(match.group(1)) > 1 else ""
+    if scheme and scheme not in TRACKING_SCHEMES:
+        raise ConfigError(
+            f"{where} {redact_url(text)!r}: {scheme}: is not an MLflow tracking store; allowed: "
+            f"{', '.join(s + ':' for s in TRACKING_SCHEMES)} or a local path"
+        )
+    if scheme in ("http", "https") and not urlsplit(text).hostname:
+        raise ConfigError(f"{where} {redact_url(text)!r}: no host; write e.g. http://mlflow:5000")
+    return uri
+
+
+# Locations: which schemes the code really reads from and writes to. Anything else with a scheme would
+# otherwise become a local folder named after it (``./s3:/bucket/x``).
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):/")
+
+
+def check_location(value: str, where: str, *, gcs: bool, what: str = "a local folder") -> str:
+    """A path parameter: local, or gs://BUCKET/PATH where ``gcs`` (the code writes/reads GCS there).
+
+    ``s3://``, ``http://``, ``gs://`` without a bucket, or gs:// where only local paths work, fail here with
+    one line naming ``where``, instead of becoming a local folder called ``s3:``.
+    """
+    text = str(value).strip()
+    where = f"{where} " if where else ""
+    if is_gcs(text):
+        if not gcs:
+            raise ConfigError(
+                f"{where}{text!r}: gs:// is not supported here; give {what} (copy it to or from GCS with "
+                "`gcloud storage cp -r`)"
+            )
+        if not text[len(GCS_SCHEME) :].partition("/")[0]:
+            raise ConfigError(f"{where}{text!r}: a gs:// location needs a bucket: gs://BUCKET/PATH")
+        return text
+    match = _SCHEME.match(text)
+    if match and len(match.group(1)) > 1:  # C:\... (one letter) is a Windows drive, not a scheme
+        allowed = f"{what} or gs://BUCKET/PATH" if gcs else what
+        raise ConfigError(f"{where}{redact_url(text)!r}: {match.group(1)}: is not supported; give {allowed}")
+    return text
 
 
 def database_url(url: str) -> str:

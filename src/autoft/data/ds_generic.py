@@ -217,6 +217,18 @@ def read_folder_split(folder: Path, class_names: Sequence[str], *, what: str) ->
     return FileImages(paths=paths, labels=labels, class_names=list(class_names))
 
 
+def refuse_links_outside(paths: Sequence[str], folder: Path, what: str) -> None:
+    """An eval folder's images must be in it: a symlink (a file or a class folder) leading elsewhere would let
+    a folder from someone else make a step read arbitrary files, the escape CSV paths already refuse."""
+    base = folder.resolve()
+    outside = [path for path in paths if not Path(os.path.realpath(path)).is_relative_to(base)]
+    if outside:
+        raise DataError(
+            f"{what}: {len(outside)} images are symbolic links leading outside {folder}, e.g. {outside[0]!r}; copy "
+            "the images into the folder"
+        )
+
+
 def eval_set_root(kind: str, location: str | Path) -> DataRoot | None:
     """The root a manifest of this eval set records: a gs:// folder (its images are staged per pod);
     local eval sets keep their paths, which must be on a volume every step mounts."""
@@ -242,6 +254,7 @@ def load_eval_set(
     what = f"eval set {location!r}"
     if kind == "folder":
         images = read_folder_split(local, class_names, what=what)
+        refuse_links_outside(images.paths, local, what)
     elif kind == "csv":
         images = read_csv_split(local, class_names, what=what, allow_outside_paths=allow_outside_paths)
     else:

@@ -111,9 +111,39 @@ class FileImages(LabeledImages):
         path = self.paths[index]
         try:
             with _bombs_are_errors(), Image.open(path) as img:
-                return img.convert("RGB")
+                return to_rgb(img)
         except UNREADABLE as error:
             raise DataError(f"cannot read image {path}: {_reason(error)}") from None
+
+
+# Background that transparent pixels are composited onto (their own colour values are arbitrary, often black).
+ALPHA_BACKGROUND = (255, 255, 255)
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """An 8-bit RGB image from any mode PIL decodes, with the pixel range kept.
+
+    PIL's own ``convert("RGB")`` clips 16-bit grey (``I;16``, ``I``) at 255, turning almost every pixel
+    white, and drops alpha, leaving whatever colour transparent pixels happen to hold; here 16-bit values
+    are scaled to 8 bits and transparency is composited onto white. Float images (``F``) have no agreed
+    range and are refused.
+    """
+    mode = img.mode
+    if mode in _SIXTEEN_BIT or mode == "I":
+        values = np.asarray(img).astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError(f"32-bit integer pixels outside 0..65535 (mode {mode}); save the image as 8 or 16 bit")
+        scale = 1 if mode == "I" and (not values.size or values.max() <= 255) else 257
+        grey = np.rint(values / scale).clip(0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if mode == "F":
+        raise ValueError("32-bit float pixels (mode F) have no agreed range; save the image as 8 or 16 bit")
+    if mode in ("RGBA", "LA", "La", "RGBa", "PA") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")  # RGB (a loaded copy), L, 1, P, CMYK, YCbCr: PIL's conversions are exact there
 
 
 # Decoding fails with OSError (missing, truncated, not an image), ValueError, SyntaxError (malformed PNG
@@ -179,6 +209,8 @@ def check_readable(images: LabeledImages, what: str, limit: int = 3) -> None:
     for path in paths or []:
         try:
             with _bombs_are_errors(), Image.open(path) as img:
+                if img.mode == "F":
+                    raise ValueError("32-bit float pixels (mode F) have no agreed range")
                 img.verify()
         except UNREADABLE as error:
             count += 1

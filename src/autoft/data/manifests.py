@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,14 +104,22 @@ def load_npz(manifest: dict[str, Any], base: Path) -> LabeledImages:
     path = base / manifest["uri"]
     if not path.is_file():
         raise DataError(f"array file {path} named by manifest {manifest['name']!r} is missing")
-    with np.load(path, allow_pickle=False) as arrays:
-        return ArrayImages(
-            images=arrays["images"],
-            labels=arrays["labels"],
-            groups=arrays["groups"],
-            class_names=manifest["class_names"],
-            group_names=manifest.get("group_names", []),
-        )
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            images, labels, groups = arrays["images"], arrays["labels"], arrays["groups"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        # Not an .npz of ours (truncated, overwritten, a pickle): one line naming the file, not numpy's traceback.
+        raise DataError(
+            f"array file {path} of split {manifest.get('name')!r} is corrupt ({' '.join(str(error).split())[:160]}); "
+            "prepare the data again"
+        ) from None
+    return ArrayImages(
+        images=images,
+        labels=labels,
+        groups=groups,
+        class_names=manifest["class_names"],
+        group_names=manifest.get("group_names", []),
+    )
 
 
 def save_file_split(

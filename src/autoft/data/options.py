@@ -69,7 +69,7 @@ DIGITS_OOD_VAL_SHIFTS: tuple[str, ...] = ("colorize", "thin", "gaussian_blur", "
 class DatasetOptions(BaseModel):
     """Base of every dataset's options; unknown keys are errors (a typo must not silently do nothing)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
 
 class NoOptions(DatasetOptions):
@@ -156,7 +156,7 @@ class CifarOptions(DatasetOptions):
     cifar10c_severity: int = Field(5, ge=1, le=5)
     cifar101_version: str = "v6"
     id_val_fraction: float = Field(0.1, gt=0, lt=1, description="share of train held out as ID-val")
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0, le=2**31 - 1)
     dirs: dict[str, str] = Field(default_factory=dict, description=f"rename the folders {sorted(CIFAR_DIRS)}")
 
     @field_validator("shifts")
@@ -185,7 +185,7 @@ class ImagenetOptions(DatasetOptions):
     imagenet_c_corruptions: list[str] = Field(default_factory=lambda: list(COMMON_CORRUPTIONS))
     imagenet_c_severity: int = Field(5, ge=1, le=5)
     id_val_fraction: float = Field(0.01, gt=0, lt=1, description="share of train held out as ID-val (~13/class)")
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0, le=2**31 - 1)
     objectnet_border_px: int = Field(2, ge=0, description="ObjectNet's red border, cropped before evaluation")
     dirs: dict[str, str] = Field(default_factory=dict, description=f"rename the folders {sorted(IMAGENET_DIRS)}")
 

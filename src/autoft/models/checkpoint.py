@@ -37,8 +37,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         if path.suffix == ".safetensors":
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as error:
         raise CheckpointError(
             f"corrupt or unsafe checkpoint {path}: {error}. Re-create it, or convert it to .safetensors"
@@ -49,8 +50,19 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    check_finite(state, path)
     # Checkpoints saved from DataParallel/DDP prefix keys with 'module.'.
     return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def check_finite(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Weights with NaN or infinity would evaluate to garbage without a word: refuse them when they load."""
+    broken = [key for key, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if broken:
+        raise CheckpointError(
+            f"{path}: {len(broken)} of {len(state)} tensors hold NaN or infinite values (e.g. {broken[0]!r}); "
+            "these weights are broken (a diverged run?): re-create them"
+        )
 
 
 def save_classifier(folder: Path, state: dict[str, torch.Tensor], card: dict[str, Any]) -> Path:

@@ -45,6 +45,8 @@ BUDGET_ATTRS = ("n_trials", "workers")  # study user attrs fixed when the study 
 def worker_quota(n_trials: int, workers: int, worker_index: int) -> int:
     """The counted trials worker ``worker_index`` of ``workers`` owns; the quotas sum to ``n_trials``."""
     if workers < 1 or not 0 <= worker_index < workers:
+        if workers < 1:
+            raise ConfigError(f"--workers {workers}: at least one worker is needed (--workers 1 or more)")
         raise ConfigError(f"worker index {worker_index} is not in 0..{workers - 1} (workers: {workers})")
     return n_trials // workers + (1 if worker_index < n_trials % workers else 0)
 
