@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -68,6 +69,7 @@ def run_search(config: AutoFTConfig, folder: Path, workers: int) -> dict[str, An
     stage_create_study(config, METHOD, storage, workers=workers)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "AUTOFT_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
     load_before = load_average()
+    usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     processes = [
         subprocess.Popen(
@@ -85,6 +87,8 @@ def run_search(config: AutoFTConfig, folder: Path, workers: int) -> dict[str, An
     ]
     errors = [process.communicate()[1] for process in processes]
     wall = time.perf_counter() - started
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    worker_cpu = (usage.ru_utime - usage_before.ru_utime) + (usage.ru_stime - usage_before.ru_stime)
     failed = [error for process, error in zip(processes, errors, strict=True) if process.returncode != 0]
     if failed:
         raise RuntimeError(f"a search worker failed:\n{failed[0][-3000:]}")
@@ -117,6 +121,11 @@ def run_search(config: AutoFTConfig, folder: Path, workers: int) -> dict[str, An
         "median_complete_trial_s": median_seconds(TrialState.COMPLETE),
         "median_pruned_trial_s": median_seconds(TrialState.PRUNED),
         "best_value": study.best_value,
+        # CPU seconds the workers used (start-up included): on a shared machine the wall time is the load's,
+        # this is the work; with one idle core per worker the search would take about cpu / workers.
+        "worker_cpu_s": worker_cpu,
+        "cpu_s_per_trial": worker_cpu / counted if counted else None,
+        "idle_machine_estimate_wall_s": worker_cpu / len(processes),
         "load_average_before": load_before,
         "load_average_after": load_average(),
     }
@@ -151,6 +160,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["extrapolation"] = {
             "trials": args.extrapolate_to,
             "wall_s": row["startup_and_wait_s"] + 60 * args.extrapolate_to / row["trials_per_minute"],
+            "idle_machine_wall_s": row["idle_machine_estimate_wall_s"] * args.extrapolate_to / row["counted"],
             "note": f"EXTRAPOLATED from {args.trials} measured trials at their rate, on a shared, loaded machine",
         }
     return result
@@ -172,9 +182,19 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['wall_s']:.0f} | {result['trial_span_s']:.0f} | {result['trials_per_minute']:.1f} | "
         f"{result['median_complete_trial_s'] or 0:.2f} | {result['median_pruned_trial_s'] or 0:.2f} |",
     ]
+    lines += [
+        "",
+        f"The workers used {result['worker_cpu_s']:.0f} CPU s ({result['cpu_s_per_trial']:.2f} per trial, start-up "
+        f"included): with one idle core per worker about {result['idle_machine_estimate_wall_s'] / 60:.1f} min "
+        "(an ESTIMATE from CPU time, not a measured wall time).",
+    ]
     if "extrapolation" in result:
         e = result["extrapolation"]
-        lines += ["", f"**{e['note']}**: {e['trials']} trials would take about {e['wall_s'] / 60:.1f} min."]
+        lines += [
+            "",
+            f"**{e['note']}**: {e['trials']} trials would take about {e['wall_s'] / 60:.1f} min at this load, about "
+            f"{e['idle_machine_wall_s'] / 60:.1f} min with one idle core per worker (from CPU time).",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -14,7 +14,6 @@ nine-term step's cost; docs/performance.md).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -141,13 +140,15 @@ def add_parameter_gradients(
     params: Sequence[torch.Tensor],
     anchor: ParameterAnchor | None,
     scale: float = 1.0,
+    diffs: list[torch.Tensor] | None = None,
 ) -> None:
     """Add ``scale`` times the gradient of sum over the parameter terms of weight * term to each ``.grad``.
 
     Closed forms (N = the parameter count): l1zero sign(theta)/N, l2zero 2 theta/N, l1init
     sign(theta - theta0)/N, l2init 2 (theta - theta0)/N, the same (sub)gradients autograd gives (sign(0) = 0).
     Call it after the backward of the data terms, before clipping and the optimizer step. A missing
-    ``.grad`` (a parameter no data term reached) is created.
+    ``.grad`` (a parameter no data term reached) is created. ``diffs``: theta - theta0 already computed
+    for these very weights (it is overwritten: one buffer serves every term, no new allocation).
     """
     count = _param_count(params)
     coef = {name: scale * float(weights.get(name, 0.0)) / count for name in PARAM_TERMS}
@@ -163,15 +164,22 @@ def add_parameter_gradients(
         theta = [p.detach() for p in params]
         if coef["l2zero"]:
             torch._foreach_add_(grads, theta, alpha=2.0 * coef["l2zero"])
-        if coef["l1zero"]:
-            torch._foreach_add_(grads, torch._foreach_sign(theta), alpha=coef["l1zero"])
         if coef["l1init"] or coef["l2init"]:
-            diffs = torch._foreach_sub(theta, anchor.reference)  # type: ignore[union-attr]
+            if diffs is None:
+                diffs = torch._foreach_sub(theta, anchor.reference)  # type: ignore[union-attr]
             if coef["l2init"]:
                 torch._foreach_add_(grads, diffs, alpha=2.0 * coef["l2init"])
             if coef["l1init"]:
                 torch._foreach_sign_(diffs)
                 torch._foreach_add_(grads, diffs, alpha=coef["l1init"])
+        if coef["l1zero"]:
+            if diffs is None:
+                signs = torch._foreach_sign(theta)
+            else:  # reuse the buffer
+                torch._foreach_copy_(diffs, theta)
+                torch._foreach_sign_(diffs)
+                signs = diffs
+            torch._foreach_add_(grads, signs, alpha=coef["l1zero"])
 
 
 DataTerm = Callable[[LossBatch], torch.Tensor]
@@ -214,6 +222,7 @@ class WeightedObjective:
         if parameter_gradients not in ("autograd", "closed_form"):
             raise ValueError(f"parameter_gradients must be 'autograd' or 'closed_form', got {parameter_gradients!r}")
         self.closed_form = parameter_gradients == "closed_form"
+        self._diffs: list[torch.Tensor] | None = None  # theta - theta0 of the last call (closed-form mode)
         unknown = sorted(set(weights) - set(LOSS_NAMES))
         if unknown:
             raise ValueError(f"unknown loss names {unknown}; allowed: {list(LOSS_NAMES)}")
@@ -242,10 +251,12 @@ class WeightedObjective:
         """Return the total (differentiable) and each term's detached value (no host sync here)."""
         total = batch.logits.new_zeros((), dtype=torch.float32)
         values: dict[str, torch.Tensor] = {}
+        constants = self._parameter_values(params, anchor) if self.closed_form else {}
         for name, weight in self.weights.items():
-            if name in PARAM_TERM_FUNCTIONS:
-                with torch.no_grad() if self.closed_form else nullcontext():
-                    value = PARAM_TERM_FUNCTIONS[name](params, anchor)
+            if name in constants:
+                value = constants[name]
+            elif name in PARAM_TERM_FUNCTIONS:
+                value = PARAM_TERM_FUNCTIONS[name](params, anchor)
             else:
                 value = self._data_terms[name](batch)
             total = total + weight * value.float()
@@ -256,9 +267,35 @@ class WeightedObjective:
     def has_parameter_terms(self) -> bool:
         return any(name in PARAM_TERM_FUNCTIONS for name in self.weights)
 
+    def _parameter_values(
+        self, params: Sequence[torch.Tensor], anchor: ParameterAnchor | None
+    ) -> dict[str, torch.Tensor]:
+        """Closed-form mode: the parameter terms' values outside the graph. One theta - theta0 serves both
+        init terms and is kept for :meth:`add_parameter_gradients` (the weights do not change in between)."""
+        self._diffs = None
+        selected = [name for name in PARAM_TERMS if name in self.weights]
+        if not selected:
+            return {}
+        count = _param_count(params)
+        values: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for name, order in (("l1zero", 1), ("l2zero", 2)):
+                if name in selected:
+                    values[name] = _sum_of_norms(params, order) / count
+            if "l1init" in selected or "l2init" in selected:
+                if anchor is None:
+                    raise ValueError("l1init/l2init need the zero-shot anchor (a clone of theta0)")
+                diffs = torch._foreach_sub([p.detach() for p in params], anchor.reference)
+                for name, order in (("l1init", 1), ("l2init", 2)):
+                    if name in selected:
+                        values[name] = _sum_of_norms(diffs, order) / count
+                self._diffs = diffs
+        return values
+
     def add_parameter_gradients(
         self, params: Sequence[torch.Tensor], anchor: ParameterAnchor | None, scale: float = 1.0
     ) -> None:
         """In closed-form mode, add the parameter terms' gradients (see :func:`add_parameter_gradients`)."""
         if self.closed_form and self.has_parameter_terms:
-            add_parameter_gradients(self.weights, params, anchor, scale)
+            diffs, self._diffs = self._diffs, None
+            add_parameter_gradients(self.weights, params, anchor, scale, diffs)
