@@ -12,6 +12,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+import autoft.stages as stages
 from autoft.config import SearchConfig, resolve_config, validate_config
 from autoft.data.images import ArrayImages
 from autoft.data.loaders import BatchStream, ImageBatches
@@ -20,8 +21,16 @@ from autoft.evaluate import accuracy, predict
 from autoft.models.classifier import CLIPClassifier
 from autoft.search.objective import TrialObjective
 from autoft.search.space import SearchSpace
-from autoft.search.study import best_hparams, count_trials, create_or_load_study, make_pruner, run_worker
-from autoft.study_stages import stage_select_best
+from autoft.search.study import (
+    best_hparams,
+    count_trials,
+    create_or_load_study,
+    load_existing_study,
+    make_pruner,
+    run_worker,
+)
+from autoft.study_stages import stage_create_study, stage_select_best
+from conftest import tiny_pipeline_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 CPU = torch.device("cpu")
@@ -205,3 +214,44 @@ def test_trial_objective_reports_at_its_rungs_and_stops_when_pruned(
     assert list(trial.intermediate_values) == [2]
     # The report is the OOD-val accuracy of the model after those 2 steps (it still holds them).
     assert trial.intermediate_values[2] == pytest.approx(accuracy(predict(tiny_classifier, val_images, eval_tf)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The search stage: pruner and the trials' token embedding from the config
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_search_stage_prunes_at_its_rungs_and_freezes_the_embedding_for_trials_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    search = {
+        "n_trials": 6,
+        "inner_steps": 4,
+        "base_lr": 1e-4,
+        "losses": ["ce", "flyp"],
+        "pruner": "successive_halving",
+        "pruner_min_steps": 1,
+        "pruner_reduction_factor": 2,
+        "train_token_embedding": False,
+    }
+    config = tiny_pipeline_config("pruned", ["zeroshot", "autoft"], search=search)
+    assert config.model.train_token_embedding is True and config.search.report_steps() == [1, 2]
+    stages.stage_prepare(config, tmp_path / "data")
+    stages.stage_zeroshot(config, tmp_path / "data", tmp_path / "zeroshot")
+    seen: list[bool] = []
+
+    class Recording(TrialObjective):
+        def __init__(self, *args, **kwargs) -> None:
+            seen.append(kwargs["train_token_embedding"])
+            assert kwargs["report_steps"] == [1, 2]
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(stages, "TrialObjective", Recording)
+    storage = str(tmp_path / "autoft.journal")
+    stage_create_study(config, "autoft", storage)
+    counts = stages.stage_search(config, tmp_path / "data", tmp_path / "zeroshot", "autoft", storage, progress=False)
+    assert seen == [False]
+    assert counts["complete"] + counts["pruned"] == 6 and counts["fail"] == 0
+    study = load_existing_study(storage, config.search_for("autoft"))
+    assert all(set(t.intermediate_values) <= {1, 2} for t in study.trials)
+    assert all(t.last_step in (1, 2) for t in study.get_trials(states=(TrialState.PRUNED,)))

@@ -200,7 +200,9 @@ def stage_search(
         eval_batch_size=config.data.eval_batch_size,
         num_workers=settings.num_workers,
         memory_budget_mb=settings.memory_budget_mb,
-        train_token_embedding=config.model.train_token_embedding,
+        train_token_embedding=(
+            config.model.train_token_embedding if search.train_token_embedding is None else search.train_token_embedding
+        ),
     )
     study = create_or_load_study(storage, search, worker_index)
     run_worker(
