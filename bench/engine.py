@@ -48,6 +48,7 @@ from autoft.models.factory import ImageSpec
 from autoft.train import FinetuneLoop, ObjectiveStep, inner_loop, make_adamw, prepare_objective
 
 CPU = torch.device("cpu")
+STEP_PATHS = ("ce:", "nine:", "ce+flyp:")  # training-step rows (ratios against the bare loop)
 
 
 class PerSample(Dataset):
@@ -98,7 +99,8 @@ class Paths:
         return epoch_batches(self.train_source, self.args.batch_size, seed=seed)
 
     def hparams(self, terms: str) -> Hyperparams:
-        weights = {"ce": 1.0} if terms == "ce" else {name: (1.0 if name == "ce" else 0.1) for name in LOSS_NAMES}
+        names = {"ce": ["ce"], "ce+flyp": ["ce", "flyp"], "nine": list(LOSS_NAMES)}[terms]
+        weights = {name: (1.0 if name == "ce" else 0.1) for name in names}
         return Hyperparams(weights=weights, lr=1e-5, weight_decay=0.1)
 
     def reset(self) -> None:
@@ -118,16 +120,21 @@ class Paths:
             optimizer.step()
         return (time.perf_counter() - start) / len(self.premade)
 
-    def objective_premade(self, terms: str) -> float:
+    def objective_premade(self, terms: str, autograd_norms: bool = False, token_embedding: bool = True) -> float:
+        """``autograd_norms``: the norm terms through autograd (the code before their closed-form gradients)."""
         self.reset()
-        objective, params, anchor = prepare_objective(self.model, self.hparams(terms), "reference", self.zeroshot)
+        objective, params, anchor = prepare_objective(
+            self.model, self.hparams(terms), "reference", self.zeroshot, train_token_embedding=token_embedding
+        )
+        objective.closed_form = not autograd_norms
         optimizer = make_adamw(params, 1e-5, 0.1)
         step = ObjectiveStep(self.model, objective, params, anchor, CPU)
         start = time.perf_counter()
         for images, labels, _ in self.premade:
             loss, _ = step.loss(images, labels)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            step.backward(loss)
+            step.add_parameter_gradients()
             optimizer.step()
         return (time.perf_counter() - start) / len(self.premade)
 
@@ -140,9 +147,17 @@ class Paths:
         loop.run_epoch(batches, self.args.steps)
         return (time.perf_counter() - start) / self.args.steps
 
-    def inner(self, terms: str) -> float:
+    def inner(self, terms: str, token_embedding: bool = True) -> float:
         start = time.perf_counter()
-        inner_loop(self.model, self.zeroshot, self.hparams(terms), self.stream, self.args.steps, device=CPU)
+        inner_loop(
+            self.model,
+            self.zeroshot,
+            self.hparams(terms),
+            self.stream,
+            self.args.steps,
+            device=CPU,
+            train_token_embedding=token_embedding,
+        )
         return (time.perf_counter() - start) / self.args.steps
 
     # ---- the input side alone ----
@@ -221,6 +236,10 @@ def run(args: argparse.Namespace) -> dict:
         "nine: ObjectiveStep, pre-made": lambda r: paths.objective_premade("nine"),
         "nine: final fine-tuning path": lambda r: paths.finetune_path("nine", r),
         "nine: inner loop": lambda r: paths.inner("nine"),
+        "nine: ObjectiveStep, autograd norm terms": lambda r: paths.objective_premade("nine", autograd_norms=True),
+        "nine: ObjectiveStep, frozen token embedding": lambda r: paths.objective_premade("nine", token_embedding=False),
+        "nine: inner loop, frozen token embedding": lambda r: paths.inner("nine", token_embedding=False),
+        "ce+flyp: ObjectiveStep, pre-made": lambda r: paths.objective_premade("ce+flyp"),
         "loader: per-sample torchvision": lambda r: paths.loader_per_sample(),
         "loader: in-memory source": lambda r: paths.loader_in_memory(r),
         "trial reset (ce)": lambda r: paths.state_reset("ce"),
@@ -242,14 +261,25 @@ def run(args: argparse.Namespace) -> dict:
         return {
             name: statistics.median(b / t for b, t in zip(samples[reference], samples[name], strict=True))
             for name in timers
-            if name.startswith(("ce:", "nine:"))
+            if name.startswith(STEP_PATHS)
         }
 
     best_round_ratios = {
-        name: min(samples["bare loop"]) / min(samples[name]) for name in timers if name.startswith(("ce:", "nine:"))
+        name: min(samples["bare loop"]) / min(samples[name]) for name in timers if name.startswith(STEP_PATHS)
+    }
+
+    def over_ce(name: str, ce: str) -> float:
+        """How many cross-entropy steps one step of ``name`` costs: per round, median over rounds."""
+        return statistics.median(t / c for t, c in zip(samples[name], samples[ce], strict=True))
+
+    step_cost_vs_ce = {
+        name: over_ce(name, "ce: inner loop" if "inner loop" in name else "ce: ObjectiveStep, pre-made")
+        for name in timers
+        if name.startswith(("nine:", "ce+flyp:")) and "final" not in name
     }
 
     return {
+        "step_cost_vs_ce": step_cost_vs_ce,
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s)",
         "model": args.model,
         "batch_size": args.batch_size,
@@ -286,6 +316,9 @@ def report(result: dict) -> str:
         best = result["speed_vs_bare_best_rounds"].get(name)
         ratios = "" if ratio is None else f"{ratio:10.2f} {fused:16.2f} {best:11.2f}"
         lines.append(f"{name:40s} {ms:10.2f} {result['min_ms'][name]:8.2f} {ratios}")
+    lines.append("step cost in cross-entropy steps (path ms / ce ms of the same kind, per round, median):")
+    for name, ratio in result["step_cost_vs_ce"].items():
+        lines.append(f"  {name:54s} {ratio:5.2f}x")
     lines.append(f"loader speed-up (per-sample / in-memory, per batch): {result['loader_speedup']:.1f}x")
     lines.append(
         f"OOD-val pass speed-up ({result['ood_val_size']} images, per-sample / cached): "

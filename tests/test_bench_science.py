@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = ["fidelity", "robustness", "ablation", "oodval_size"]
+SCRIPTS = ["fidelity", "robustness", "ablation", "oodval_size", "multifidelity", "search_budget"]
 
 
 def _bench(name: str) -> ModuleType:
@@ -42,6 +42,38 @@ def test_fidelity_ranges_and_rank_bootstrap() -> None:
     assert (low, high) == pytest.approx((1.0, 1.0))
     low, high = fidelity.bootstrap_rho(x, -x)
     assert (low, high) == pytest.approx((-1.0, -1.0))
+
+
+def test_multifidelity_replays_the_real_pruner_on_cached_scores() -> None:
+    """Rung scores that rank exactly like the full budget: successive halving always keeps the best."""
+    multifidelity = _bench("multifidelity")
+    from autoft.config import resolve_config
+
+    config = resolve_config(preset="digits")
+    space = multifidelity.SearchSpace.from_config(config.search_for("autoft"))
+    settings = multifidelity.sample_settings(space, 12, seed=0)
+    rung = str(config.search.report_steps()[0])
+
+    def rows(rung_score):
+        return [
+            {
+                "params": params,
+                "trained": {"full": 0.5 + 0.01 * i, "rungs": {rung: rung_score(i)}, "seconds": 1.0},
+                "frozen": {"full": 0.5 + 0.01 * i, "seconds": 0.5},
+            }
+            for i, params in enumerate(settings)
+        ]
+
+    faithful = multifidelity.summarise(config, rows(lambda i: 0.4 + 0.01 * i), orders=20, seed=0)
+    assert faithful["rung_fidelity"][rung]["spearman"] == pytest.approx(1.0)
+    search = faithful["pruned_search"]
+    assert search["pick_is_best_share"] == 1.0 and search["pick_rank_worst"] == 1
+    assert 0.3 < search["pruned_fraction"] < 1.0 and search["step_share"] < 1.0
+    assert faithful["frozen_embedding"]["same_best"] and faithful["frozen_embedding"]["spearman"] == pytest.approx(1)
+    # Rung scores that rank backwards: the full-budget best is pruned early in most arrival orders.
+    inverted = multifidelity.summarise(config, rows(lambda i: 0.9 - 0.01 * i), orders=20, seed=0)
+    assert inverted["rung_fidelity"][rung]["spearman"] == pytest.approx(-1.0)
+    assert inverted["pruned_search"]["pick_rank_median"] > 1
 
 
 def test_robustness_summary_pairs_seeds() -> None:

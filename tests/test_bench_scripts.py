@@ -53,7 +53,9 @@ def test_engine_benchmark_reports_every_path(tmp_path: Path) -> None:
         torch.set_num_threads(threads)
     result = json.loads((tmp_path / "engine.json").read_text())
     assert {"ce: final fine-tuning path", "nine: inner loop", "bare loop"} <= set(result["median_ms"])
-    assert set(result["speed_vs_bare"]) == {name for name in result["median_ms"] if name.startswith(("ce:", "nine:"))}
+    assert set(result["speed_vs_bare"]) == {
+        name for name in result["median_ms"] if name.startswith(("ce:", "nine:", "ce+flyp:"))
+    }
     assert all(value > 0 for value in result["median_ms"].values())
 
 

@@ -3,7 +3,12 @@
 Terms are keyed by name, never by position (see docs/method.md). Data terms read logits and features of a
 batch; parameter terms read the trainable parameters and, for ``l1init``/``l2init``, a CLONE of the
 zero-shot weights (the reference code aliased the live tensors, so those terms were always zero).
-Parameter terms use foreach kernels: one launch per term instead of one per tensor.
+Parameter terms use foreach kernels: one launch per term instead of one per tensor. Their gradients have
+closed forms (sign(theta)/N, 2 theta/N, sign(theta - theta0)/N, 2 (theta - theta0)/N), so the training step
+can leave them out of the autograd graph and add them to ``.grad`` after the backward
+(:func:`add_parameter_gradients`, ``WeightedObjective(..., parameter_gradients="closed_form")``): the same
+update without four norm graphs over every trainable tensor (with FLYP's text tower that is most of a
+nine-term step's cost; docs/performance.md).
 """
 
 from __future__ import annotations
@@ -130,6 +135,53 @@ def l2_init(params: Sequence[torch.Tensor], anchor: ParameterAnchor | None = Non
     return _distance_to_init(params, anchor, 2)
 
 
+def add_parameter_gradients(
+    weights: Mapping[str, float],
+    params: Sequence[torch.Tensor],
+    anchor: ParameterAnchor | None,
+    scale: float = 1.0,
+    diffs: list[torch.Tensor] | None = None,
+) -> None:
+    """Add ``scale`` times the gradient of sum over the parameter terms of weight * term to each ``.grad``.
+
+    Closed forms (N = the parameter count): l1zero sign(theta)/N, l2zero 2 theta/N, l1init
+    sign(theta - theta0)/N, l2init 2 (theta - theta0)/N, the same (sub)gradients autograd gives (sign(0) = 0).
+    Call it after the backward of the data terms, before clipping and the optimizer step. A missing
+    ``.grad`` (a parameter no data term reached) is created. ``diffs``: theta - theta0 already computed
+    for these very weights (it is overwritten: one buffer serves every term, no new allocation).
+    """
+    count = _param_count(params)
+    coef = {name: scale * float(weights.get(name, 0.0)) / count for name in PARAM_TERMS}
+    if not any(coef.values()):
+        return
+    if (coef["l1init"] or coef["l2init"]) and anchor is None:
+        raise ValueError("l1init/l2init need the zero-shot anchor (a clone of theta0)")
+    with torch.no_grad():
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        grads = [p.grad for p in params]
+        theta = [p.detach() for p in params]
+        if coef["l2zero"]:
+            torch._foreach_add_(grads, theta, alpha=2.0 * coef["l2zero"])
+        if coef["l1init"] or coef["l2init"]:
+            if diffs is None:
+                diffs = torch._foreach_sub(theta, anchor.reference)  # type: ignore[union-attr]
+            if coef["l2init"]:
+                torch._foreach_add_(grads, diffs, alpha=2.0 * coef["l2init"])
+            if coef["l1init"]:
+                torch._foreach_sign_(diffs)
+                torch._foreach_add_(grads, diffs, alpha=coef["l1init"])
+        if coef["l1zero"]:
+            if diffs is None:
+                signs = torch._foreach_sign(theta)
+            else:  # reuse the buffer
+                torch._foreach_copy_(diffs, theta)
+                torch._foreach_sign_(diffs)
+                signs = diffs
+            torch._foreach_add_(grads, signs, alpha=coef["l1zero"])
+
+
 DataTerm = Callable[[LossBatch], torch.Tensor]
 ParamTerm = Callable[[Sequence[torch.Tensor], ParameterAnchor | None], torch.Tensor]
 
@@ -154,9 +206,23 @@ def data_term_functions(dcm_sign: str = "reference") -> dict[str, DataTerm]:
 
 
 class WeightedObjective:
-    """Total loss = sum over selected names of weight[name] * term[name]."""
+    """Total loss = sum over selected names of weight[name] * term[name].
 
-    def __init__(self, weights: Mapping[str, float], dcm_sign: str = "reference") -> None:
+    ``parameter_gradients="closed_form"``: the parameter terms enter the total as constants (the same VALUE)
+    and the caller adds their gradients with :meth:`add_parameter_gradients` after the backward; the
+    default ``"autograd"`` keeps them in the graph.
+    """
+
+    def __init__(
+        self,
+        weights: Mapping[str, float],
+        dcm_sign: str = "reference",
+        parameter_gradients: str = "autograd",
+    ) -> None:
+        if parameter_gradients not in ("autograd", "closed_form"):
+            raise ValueError(f"parameter_gradients must be 'autograd' or 'closed_form', got {parameter_gradients!r}")
+        self.closed_form = parameter_gradients == "closed_form"
+        self._diffs: list[torch.Tensor] | None = None  # theta - theta0 of the last call (closed-form mode)
         unknown = sorted(set(weights) - set(LOSS_NAMES))
         if unknown:
             raise ValueError(f"unknown loss names {unknown}; allowed: {list(LOSS_NAMES)}")
@@ -185,11 +251,51 @@ class WeightedObjective:
         """Return the total (differentiable) and each term's detached value (no host sync here)."""
         total = batch.logits.new_zeros((), dtype=torch.float32)
         values: dict[str, torch.Tensor] = {}
+        constants = self._parameter_values(params, anchor) if self.closed_form else {}
         for name, weight in self.weights.items():
-            if name in PARAM_TERM_FUNCTIONS:
+            if name in constants:
+                value = constants[name]
+            elif name in PARAM_TERM_FUNCTIONS:
                 value = PARAM_TERM_FUNCTIONS[name](params, anchor)
             else:
                 value = self._data_terms[name](batch)
             total = total + weight * value.float()
             values[name] = value.detach()
         return total, values
+
+    @property
+    def has_parameter_terms(self) -> bool:
+        return any(name in PARAM_TERM_FUNCTIONS for name in self.weights)
+
+    def _parameter_values(
+        self, params: Sequence[torch.Tensor], anchor: ParameterAnchor | None
+    ) -> dict[str, torch.Tensor]:
+        """Closed-form mode: the parameter terms' values outside the graph. One theta - theta0 serves both
+        init terms and is kept for :meth:`add_parameter_gradients` (the weights do not change in between)."""
+        self._diffs = None
+        selected = [name for name in PARAM_TERMS if name in self.weights]
+        if not selected:
+            return {}
+        count = _param_count(params)
+        values: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for name, order in (("l1zero", 1), ("l2zero", 2)):
+                if name in selected:
+                    values[name] = _sum_of_norms(params, order) / count
+            if "l1init" in selected or "l2init" in selected:
+                if anchor is None:
+                    raise ValueError("l1init/l2init need the zero-shot anchor (a clone of theta0)")
+                diffs = torch._foreach_sub([p.detach() for p in params], anchor.reference)
+                for name, order in (("l1init", 1), ("l2init", 2)):
+                    if name in selected:
+                        values[name] = _sum_of_norms(diffs, order) / count
+                self._diffs = diffs
+        return values
+
+    def add_parameter_gradients(
+        self, params: Sequence[torch.Tensor], anchor: ParameterAnchor | None, scale: float = 1.0
+    ) -> None:
+        """In closed-form mode, add the parameter terms' gradients (see :func:`add_parameter_gradients`)."""
+        if self.closed_form and self.has_parameter_terms:
+            diffs, self._diffs = self._diffs, None
+            add_parameter_gradients(self.weights, params, anchor, scale, diffs)

@@ -213,12 +213,13 @@ def stage_search(
         inner_steps=search.inner_steps,
         device=device,
         dcm_sign=search.dcm_sign,
-        pruning=search.pruning,
-        prune_reports=search.prune_reports,
+        report_steps=search.report_steps(),
         eval_batch_size=config.data.eval_batch_size,
         num_workers=settings.num_workers,
         memory_budget_mb=settings.memory_budget_mb,
-        train_token_embedding=config.model.train_token_embedding,
+        train_token_embedding=(
+            config.model.train_token_embedding if search.train_token_embedding is None else search.train_token_embedding
+        ),
         ood_val_sources=val_sources,
         holdout=holdout,
         holdout_sources=holdout_sources,

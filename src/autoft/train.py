@@ -128,6 +128,16 @@ class ObjectiveStep:
                 batch.logit_scale = logit_scale.float()
         return self.objective(batch, self.params, self.anchor)
 
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward of the data terms (a loss of parameter terms alone has no graph in closed-form mode)."""
+        if loss.requires_grad:
+            loss.backward()
+
+    def add_parameter_gradients(self) -> None:
+        """The parameter terms' closed-form gradients, once per optimizer step, after its backward(s) and
+        before clipping: they depend on the weights alone, which do not change between micro-batches."""
+        self.objective.add_parameter_gradients(self.params, self.anchor)
+
 
 def check_finite(losses: Sequence[torch.Tensor], start: int = 0) -> None:
     """Raise for the first non-finite loss among ``losses[start:]``, with its step: one host read for all.
@@ -156,7 +166,9 @@ def prepare_objective(
     ``anchor_state`` is a state dict that is NOT the model's own tensors (a cached clone of the
     zero-shot weights); without it the anchor clones the current parameters.
     """
-    objective = WeightedObjective(hparams.weights, dcm_sign)
+    # Closed-form parameter-term gradients (ObjectiveStep.add_parameter_gradients): the same update as
+    # autograd's, without four norm graphs over every trainable tensor (docs/performance.md).
+    objective = WeightedObjective(hparams.weights, dcm_sign, parameter_gradients="closed_form")
     model.set_trainable(train_text=objective.needs_captions, train_token_embedding=train_token_embedding)
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
@@ -200,7 +212,8 @@ def inner_loop(
         loss, _ = step_fn.loss(images, labels)
         losses.append(loss.detach())
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        step_fn.backward(loss)
+        step_fn.add_parameter_gradients()
         optimizer.step()
         if on_step is not None:
             check_finite(losses, step)
@@ -377,11 +390,12 @@ class FinetuneLoop:
                     # reuses the same blocks (freed right after the step, they cost page faults: ~15 % of a
                     # nine-term step on CPU, bench/engine.py).
                     self.optimizer.zero_grad(set_to_none=True)
-                (loss / accum).backward()
+                self.step_fn.backward(loss / accum)
             losses.append(loss.detach())
             for name, value in terms.items():
                 terms_seen.setdefault(name, []).append(value)
             if steps_now:
+                self.step_fn.add_parameter_gradients()
                 torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
                 lr = float(self.optimizer.param_groups[0]["lr"])
                 self.optimizer.step()

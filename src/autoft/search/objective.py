@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import optuna
@@ -25,6 +26,8 @@ class TrialObjective:
     The zero-shot weights are cached once as a state dict (a clone) and loaded in place per trial;
     the ID batch stream persists across trials; OOD-val is the WHOLE subset with the EVAL transform,
     decoded once (in memory when it fits the budget), so scoring a trial is forward passes only.
+    ``report_steps`` are the pruner's rungs (``SearchConfig.report_steps()``): after those inner steps the
+    trial reports its OOD-val score and stops if the pruner says so (Optuna records it PRUNED).
     """
 
     def __init__(
@@ -39,8 +42,7 @@ class TrialObjective:
         inner_steps: int,
         device: torch.device,
         dcm_sign: str = "reference",
-        pruning: bool = False,
-        prune_reports: int = 4,
+        report_steps: Sequence[int] = (),
         eval_batch_size: int = 256,
         num_workers: int = 0,
         memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB,
@@ -64,8 +66,7 @@ class TrialObjective:
         self.inner_steps = inner_steps
         self.device = device
         self.dcm_sign = dcm_sign
-        self.pruning = pruning
-        self.report_every = max(inner_steps // prune_reports, 1)
+        self.report_steps = frozenset(step for step in report_steps if 0 < step < inner_steps)
         self.eval_batch_size = eval_batch_size
         self.train_token_embedding = train_token_embedding
         settings = InputSettings(device, memory_budget_mb, num_workers)
@@ -101,7 +102,7 @@ class TrialObjective:
             torch.manual_seed(hparams.seed)
 
         def report(step: int) -> None:
-            if step % self.report_every == 0 and step < self.inner_steps:
+            if step in self.report_steps:  # a rung: one OOD-val pass, then the pruner decides
                 trial.report(self.score(), step)
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at inner step {step}")
@@ -114,7 +115,7 @@ class TrialObjective:
             self.inner_steps,
             device=self.device,
             dcm_sign=self.dcm_sign,
-            on_step=report if self.pruning else None,
+            on_step=report if self.report_steps else None,
             train_token_embedding=self.train_token_embedding,
         )
         value = self.score()

@@ -3,11 +3,13 @@
 - Storage: a journal file (``*.journal``; SQLite locks under several processes) or an Optuna RDB URL
   (PostgreSQL on a cluster). Anything else is refused, so a mistyped URL never becomes a local file.
 - Budget: ``search.n_trials`` is the total. Worker ``i`` of ``W`` owns :func:`worker_quota` counted
-  trials (COMPLETE or PRUNED) and tags every trial it runs with its index. A worker that starts again
-  (after ``kill -9``, a crash, or KFP retrying its pod) first fails the trials its previous process left
-  RUNNING (``study.tell(..., FAIL, skip_if_finished=True)``), then runs only what its quota still lacks.
-  No worker ever waits for another, so nothing can hang; the total is exact once every worker finishes
-  (a worker that is lost for good fails its pipeline step, and with it the run).
+  trials (COMPLETE or PRUNED: with a pruner the budget counts proposals, as the paper's trial counts do;
+  only COMPLETE trials ran the full ``inner_steps`` and only they are selected from) and tags every trial
+  it runs with its index. A worker that starts again (after ``kill -9``, a crash, or KFP retrying its
+  pod) first fails the trials its previous process left RUNNING (``study.tell(..., FAIL,
+  skip_if_finished=True)``), then runs only what its quota still lacks. No worker ever waits for another,
+  so nothing can hang; the total is exact once every worker finishes (a worker that is lost for good
+  fails its pipeline step, and with it the run).
 - Failures (a NaN loss, an error in the objective) are FAIL, never counted; the worker proposes another
   trial until ``search.max_failed_trials`` genuine failures stop the search with a clear error.
 - Heartbeats (RDB only, ``search.heartbeat_interval``): Optuna fails the trial of a worker that went
@@ -84,7 +86,24 @@ def make_sampler(config: SearchConfig, worker_index: int = 0) -> optuna.samplers
 
 
 def make_pruner(config: SearchConfig) -> optuna.pruners.BasePruner:
-    return optuna.pruners.MedianPruner(n_startup_trials=5) if config.pruning else optuna.pruners.NopPruner()
+    """Optuna's pruner for ``search.pruner``; the trial reports at ``config.report_steps()`` (its rungs).
+
+    Successive halving is Optuna's asynchronous variant (ASHA): at each rung a trial goes on when its
+    OOD-val score is in the top 1/factor of the scores recorded at that rung so far, so workers never wait.
+    """
+    if config.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5)
+    if config.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=config.rung_min_steps, reduction_factor=config.pruner_reduction_factor
+        )
+    if config.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=config.rung_min_steps,
+            max_resource=config.inner_steps,
+            reduction_factor=config.pruner_reduction_factor,
+        )
+    return optuna.pruners.NopPruner()
 
 
 def create_or_load_study(storage: str, config: SearchConfig, worker_index: int = 0) -> optuna.Study:
