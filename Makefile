@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup run test test-rebuild lint format compile mlflow-ui bench clean help browser-deps mlflow-screenshot
+.PHONY: setup run test test-rebuild lint format compile mlflow-ui bench readme-figures clean help browser-deps mlflow-screenshot
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -84,6 +84,13 @@ mlflow-screenshot: setup browser-deps  ## check the MLflow UI of `make run`'s ru
 bench: setup  ## robustness over 5 seeds (paired CIs) -> docs/results/robustness/; loss-term kernels
 	$(BIN)/python bench/loss_terms.py
 	$(BIN)/python bench/robustness.py
+
+# Fresh clone of HEAD in a scratch folder: `make run` (set-up included) and the smoke preset both ways, timed;
+# writes docs/results/readme-figures.json and the README lines that quote it (commit both). NOTE= says how busy
+# the machine was.
+NOTE ?=
+readme-figures: setup  ## measure the README's timings on a fresh clone (~10 min on 2 cores) -> docs/results/readme-figures.json, README.md
+	$(BIN)/python bench/readme_figures.py --note "$(NOTE)"
 
 clean:  ## remove the venv and caches (keeps runs/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache
