@@ -29,7 +29,8 @@ from autoft.config import (
     parse_assignments,
     resolve_config,
 )
-from autoft.errors import AutoFTError, ConfigError, caused_by_interrupt
+from autoft.errors import AutoFTError, ConfigError, caused_by_interrupt, disk_error_behind
+from autoft.termination import EXIT_TERMINATED, Terminated, handle_sigterm, interrupt_behind
 
 EXIT_FAILURE = 1
 EXIT_USER_ERROR = 2
@@ -135,17 +136,20 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         raise ConfigError(f"--hparams names {unknown}, which this config does not search; searched: {searched}")
     hparams = finetune_hparams(args.method, {k: Path(v) for k, v in search_results.items()})
     finished = args.resume and (Path(args.out) / "finetune.json").is_file()
-    summary = stage_finetune(
-        config,
-        Path(args.data),
-        Path(args.zeroshot),
-        args.method,
-        hparams,
-        Path(args.out),
-        resume=args.resume,
-        nproc=nproc,
-        durable_root=args.checkpoint_root,
-    )
+    from autoft.runner import run_status
+
+    with run_status(Path(args.out)):  # the folder says running/succeeded/failed/interrupted/terminated
+        summary = stage_finetune(
+            config,
+            Path(args.data),
+            Path(args.zeroshot),
+            args.method,
+            hparams,
+            Path(args.out),
+            resume=args.resume,
+            nproc=nproc,
+            durable_root=args.checkpoint_root,
+        )
     if finished:
         print(f"fine-tuning {args.method} had already finished in {args.out}: nothing to resume")
     print(
@@ -414,7 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _interrupted() -> int:
+def _interrupted(interrupt: BaseException | None = None) -> int:
+    if isinstance(interrupt, Terminated):  # Kubernetes stopping the pod: same cleanup, its own exit status
+        from autoft.termination import MESSAGE
+
+        print(MESSAGE, file=sys.stderr)
+        return EXIT_TERMINATED
     print("interrupted: every file written so far is complete; run the command again to continue", file=sys.stderr)
     return EXIT_INTERRUPTED
 
@@ -429,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     os.environ.setdefault("TQDM_MININTERVAL", "1")
+    handle_sigterm()  # SIGTERM (Kubernetes stopping a pod) unwinds like Ctrl-C, then exits 143
     try:
         status = args.handler(args)  # None, or an exit status of its own (e.g. a waited-for run that failed)
     except AutoFTError as error:
@@ -436,15 +446,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         if args.verbose:
             raise
-        return _interrupted()
+        return _interrupted(interrupt)
     except Exception as error:
         if not args.verbose and caused_by_interrupt(error):  # Ctrl-C that landed in a library's cleanup
-            return _interrupted()
-        if args.verbose or not isinstance(error, OSError) or error.errno not in DISK_ERRORS:
+            return _interrupted(interrupt_behind(error))
+        disk = disk_error_behind(error, DISK_ERRORS)
+        if args.verbose or disk is None:
             raise
+        error = disk
         where = f" {error.filename}" if error.filename else ""
         print(
             f"error: cannot write{where}: {error.strerror}; free space or pick a writable folder, then run the "
