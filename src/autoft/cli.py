@@ -13,6 +13,7 @@ import argparse
 import errno
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -438,7 +439,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     os.environ.setdefault("TQDM_MININTERVAL", "1")
-    handle_sigterm()  # SIGTERM (Kubernetes stopping a pod) unwinds like Ctrl-C, then exits 143
+    previous_sigterm = handle_sigterm()  # SIGTERM (Kubernetes stopping a pod) unwinds like Ctrl-C, exit 143
+    try:
+        return _run_handler(args)
+    finally:
+        if previous_sigterm is not None:  # main() called in-process (tests) leaves the caller's handler as it was
+            signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _run_handler(args: argparse.Namespace) -> int:
+    """Run the command; the error boundary: exit codes 2 (bad input), 1 (the disk), 130 (Ctrl-C), 143 (SIGTERM)."""
     try:
         status = args.handler(args)  # None, or an exit status of its own (e.g. a waited-for run that failed)
     except AutoFTError as error:

@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 from types import FrameType, TracebackType
+from typing import Any
 
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, what a shell reports for a process ended by SIGTERM
 CHILD_GRACE_S = 20.0
@@ -57,10 +58,16 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Terminated
 
 
-def handle_sigterm() -> None:
-    """Raise :class:`Terminated` on SIGTERM (main thread only; elsewhere Python cannot install handlers)."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
+def handle_sigterm() -> Any:
+    """Raise :class:`Terminated` on SIGTERM (main thread only; elsewhere Python cannot install handlers).
+
+    Returns the handler it replaced (None when not installed), for a caller that restores it.
+    """
+    global _terminating
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    _terminating = False
+    return signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def terminated_exits_143() -> None:

@@ -44,8 +44,8 @@ from autoft.urls import database_url, is_rdb_url, redact_url
 log = logging.getLogger(__name__)
 
 LEASE_ATTR = "lease:worker-{index}"
-TTL_S = float(os.environ.get("AUTOFT_LEASE_TTL_S", "60"))
-RENEW_S = float(os.environ.get("AUTOFT_LEASE_RENEW_S", "10"))
+TTL_S = 60.0  # a lease not renewed for this long belongs to a dead (or frozen) worker
+RENEW_S = 10.0  # well inside TTL_S: a worker whose renewals are late under load keeps its index
 MUTEX_SUFFIX = ".lease-lock"
 _HELD_HERE: set[str] = set()  # tokens of the leases this process holds now (a worker may run in a thread)
 

@@ -148,15 +148,19 @@ def prepare_study(storage: str, config: SearchConfig, workers: int = 1) -> optun
     return study
 
 
-def fail_orphaned_trials(study: optuna.Study, worker_index: int | None = None) -> list[int]:
+def fail_orphaned_trials(study: optuna.Study, worker_index: int | None = None, *, untagged: bool = False) -> list[int]:
     """Mark FAIL the trials left RUNNING (by one worker, or by any when ``worker_index`` is None).
 
     Only for a moment when that worker (or every worker) is known not to run: at its start, before the
     workers start, or after the run ended. A worker tags its trial just after Optuna creates it, so a
-    worker killed in between leaves an untagged RUNNING trial; a restarted worker fails those too unless
-    another worker holds a live lease (the trial may be that worker's, a moment before its tag) and the
-    trial is younger than a lease's lifetime. Returns the trial numbers.
+    worker killed in between leaves an untagged RUNNING trial. With ``untagged`` (workers hold leases,
+    :mod:`autoft.search.lease`) a restarted worker fails those too, unless another worker holds a live
+    lease (the trial may be that worker's, a moment before its tag) and the trial is younger than a
+    lease's lifetime. Returns the trial numbers.
     """
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    # Leases read AFTER the trials: a worker leases its index before it creates a trial, so the creator of
+    # any trial in `running` is already visible here.
     others_alive = worker_index is not None and bool(set(live_lease_holders(study)) - {worker_index})
     cutoff = datetime.now() - timedelta(seconds=LEASE_TTL_S)  # Optuna stores naive local times
 
@@ -164,11 +168,11 @@ def fail_orphaned_trials(study: optuna.Study, worker_index: int | None = None) -
         owner = trial.user_attrs.get(WORKER_ATTR)
         if worker_index is None or owner == worker_index:
             return True
-        if owner is not None:
+        if owner is not None or not untagged:
             return False
         return not others_alive or (trial.datetime_start is not None and trial.datetime_start < cutoff)
 
-    orphans = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if orphaned(t)]
+    orphans = [t for t in running if orphaned(t)]
     for trial in orphans:
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
         log.warning("trial %d was left RUNNING by a stopped worker: marked FAIL", trial.number)
@@ -243,7 +247,7 @@ def _run_worker(
             f"study {study.study_name!r} is shared by {recorded} workers, but this one was told {workers}"
         )
     quota = worker_quota(budget, workers, worker_index)
-    fail_orphaned_trials(study, worker_index)  # this worker's previous process, killed mid-trial
+    fail_orphaned_trials(study, worker_index, untagged=lease is not None)  # its previous process's, killed mid-trial
 
     def mine() -> int:
         return sum(1 for t in study.get_trials(deepcopy=False, states=COUNTED_STATES) if _owner(t) == worker_index)
