@@ -352,7 +352,7 @@ def test_a_second_live_worker_with_the_same_index_exits_with_one_line(
             return read_lease(study, 0) is not None and any(t.state == TrialState.RUNNING for t in study.trials)
 
         _wait_for(holds_its_lease_mid_trial, first, "the first worker running a trial")
-        first.send_signal(signal.SIGSTOP)  # alive but frozen: it cannot finish before the second one checks
+        _freeze_outside_its_locks(first, journal)  # alive but frozen: it cannot finish before the second checks
         try:
             code = main(argv)
         finally:
@@ -367,6 +367,27 @@ def test_a_second_live_worker_with_the_same_index_exits_with_one_line(
         _stop(first)
     study = load_existing_study(str(journal), search)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+
+
+def _freeze_outside_its_locks(process: subprocess.Popen[str], journal: Path) -> None:
+    """SIGSTOP ``process`` at a moment it holds neither Optuna's journal lock (a ``.lock`` file, broken by
+    others after 30 s) nor the lease mutex (an ``flock``): frozen inside one, it would block the other worker."""
+    import fcntl
+
+    while True:
+        process.send_signal(signal.SIGSTOP)
+        with open(journal.with_name(journal.name + ".lease-lock"), "a") as mutex:
+            try:
+                fcntl.flock(mutex, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                free = False
+            else:
+                fcntl.flock(mutex, fcntl.LOCK_UN)
+                free = not journal.with_name(journal.name + ".lock").exists()
+        if free:
+            return
+        process.send_signal(signal.SIGCONT)
+        time.sleep(0.01)  # let it leave the lock it held, then freeze it again
 
 
 def test_a_lease_of_another_host_is_waited_for_refused_while_renewed_and_taken_over_once_expired(

@@ -63,6 +63,11 @@ def describe_record(torn: bytes) -> str:
 def _torn_tail(handle: Any) -> tuple[int, bytes]:
     """(offset of the first byte after the last newline, the bytes after it) of an open binary file."""
     size = handle.seek(0, os.SEEK_END)
+    if size == 0:
+        return 0, b""
+    handle.seek(size - 1)
+    if handle.read(1) == b"\n":  # the common case, checked before every append: one byte read
+        return size, b""
     end, chunk_size = size, 1 << 16
     while end > 0:
         start = max(0, end - chunk_size)

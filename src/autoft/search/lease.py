@@ -74,7 +74,7 @@ class LeaseRecord:
 
     def local_holder_alive(self) -> bool | None:
         """For a holder on this host: whether its process still exists; None for another host."""
-        if self.host != socket.gethostname():
+        if self.host != _host():
             return None
         if self.pid == os.getpid():  # this process: alive only if a worker in it still holds the lease
             return self.token in _HELD_HERE
@@ -84,7 +84,17 @@ class LeaseRecord:
             return False
 
     def describe(self) -> str:
-        return f"pid {self.pid} on {self.host}"
+        return f"pid {self.pid} on {self.host.split('/')[0]}"
+
+
+def _host() -> str:
+    """This machine and pid namespace: containers sharing a host name (``--network host``) number their
+    processes independently, so a pid only identifies a process together with its namespace."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}/{namespace}" if namespace else socket.gethostname()
 
 
 @contextlib.contextmanager
@@ -160,7 +170,7 @@ class WorkerLease:
         self.attr = LEASE_ATTR.format(index=index)
         self.mine = LeaseRecord(
             token=uuid.uuid4().hex,
-            host=socket.gethostname(),
+            host=_host(),
             pid=os.getpid(),
             started=psutil.Process().create_time(),
             expires=0.0,

@@ -26,7 +26,7 @@ import logging
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -214,6 +214,12 @@ def run_worker(
             return _run_worker(
                 study, objective, budget, worker_index, workers, max_failed_trials, show_progress, callbacks, lease
             )
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM between Optuna creating a trial and running it leaves the trial RUNNING (Optuna
+            # tells FAIL only around the objective): this process stops, so its trials are orphans now.
+            with suppress(Exception):
+                fail_orphaned_trials(study, worker_index, untagged=lease is not None)
+            raise
         except Exception as error:
             # A full disk inside Optuna's bookkeeping ends in Optuna's "Should not reach" assertion with the
             # OSError as its context: raise the OSError, which the entry points report in one line.
