@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup run test test-rebuild lint format compile mlflow-ui bench readme-figures clean help browser-deps mlflow-screenshot
+.PHONY: setup run test test-under-load test-rebuild lint format compile mlflow-ui bench readme-figures clean help browser-deps mlflow-screenshot
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -50,6 +50,11 @@ run: setup  ## run the whole pipeline locally on the built-in benchmark (ARGS=..
 
 test: setup  ## run the test suite
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(ARGS)
+
+RUNS ?= 3
+HOGS ?= $(shell nproc)
+test-under-load: setup  ## `make test` RUNS times (default 3) in a row while HOGS busy loops (default: one per core) load the CPU
+	$(BIN)/python tests/under_load.py --runs $(RUNS) --hogs $(HOGS) -- $(MAKE) --no-print-directory test ARGS='$(ARGS)'
 
 test-rebuild: setup  ## only the foundation-model rebuild check (part of `make test` too; ~10 min, one thread)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m rebuild -s tests/test_foundation_rebuild.py

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from autoft.config import AutoFTConfig, resolve_config
 from autoft.errors import ConfigError
+from autoft.termination import terminated_exits_143
 from autoft.urls import is_rdb_url, redact_url, url_password
 
 if TYPE_CHECKING:
@@ -40,7 +41,11 @@ def load_step_config(config_yaml: str, config_overrides: list[str], methods: lis
     ``methods`` is the list the pipeline was compiled for; its DAG has a branch per method. A config
     without ``methods`` runs those; one asking for other methods is refused instead of silently running
     something else.
+
+    Every step calls it first, so it also makes SIGTERM (Kubernetes stopping the pod) unwind like Ctrl-C and
+    end the step with one line and exit status 143.
     """
+    terminated_exits_143()
     config = resolve_config(
         text=config_yaml, overrides=config_overrides, defaults={"methods": list(methods)} if methods else None
     )

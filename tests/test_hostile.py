@@ -1105,15 +1105,22 @@ def _cli(*args: str, **kwargs) -> subprocess.Popen[str]:
 
 
 def test_ctrl_c_ends_with_one_line_and_130_and_marks_the_run(ws: dict[str, str], tmp_path: Path) -> None:
+    from autoft.config import resolve_config
+    from autoft.search.study import load_existing_study
+
     run_dir = tmp_path / "run"
     process = _cli(
         "run", "--runner", "inprocess", "--config", ws["config"], "--out", str(run_dir), "--set", "search.n_trials=200"
     )
     status = run_dir / "run_status.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (run_dir / "studies").exists():
-        time.sleep(0.2)  # the search has started
-    time.sleep(1.0)
+    journal = run_dir / "studies" / "autoft.journal"
+    search = resolve_config(config_file=ws["config"], overrides=["search.n_trials=200"]).search_for("autoft")
+    deadline = time.monotonic() + 300
+    # An event, not a delay: the search has created its first trial (so the run is mid-search, not done).
+    while not (journal.exists() and load_existing_study(str(journal), search).trials):
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, "the search did not start within 300 s"
+        time.sleep(0.2)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == EXIT_INTERRUPTED, err

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -34,6 +35,7 @@ from autoft.config import (
 )
 from autoft.errors import ConfigError, caused_by_interrupt
 from autoft.outputs import check_output, output_lock, refuse_finished
+from autoft.termination import EXIT_TERMINATED, Terminated, handle_sigterm, interrupt_behind
 from autoft.urls import check_location
 
 EXIT_INTERRUPTED = 130
@@ -174,7 +176,10 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         )
         refuse_finished(out, "train", "an unfinished fine-tune", args.overwrite, "--resume continues it")
     finished = args.resume and (out / "finetune.json").is_file()
-    with output_lock(out):
+    from autoft.runner import run_status
+
+    # The folder says running/succeeded/failed/interrupted/terminated.
+    with output_lock(out), run_status(out):
         summary = stage_finetune(
             config,
             Path(args.data),
@@ -518,7 +523,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _interrupted() -> int:
+def _interrupted(interrupt: BaseException | None = None) -> int:
+    if isinstance(interrupt, Terminated):  # Kubernetes stopping the pod: same cleanup, its own exit status
+        from autoft.termination import MESSAGE
+
+        print(MESSAGE, file=sys.stderr)
+        return EXIT_TERMINATED
     print("interrupted: every file written so far is complete; run the command again to continue", file=sys.stderr)
     return EXIT_INTERRUPTED
 
@@ -533,15 +543,25 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     os.environ.setdefault("TQDM_MININTERVAL", "1")
+    previous_sigterm = handle_sigterm()  # SIGTERM (Kubernetes stopping a pod) unwinds like Ctrl-C, exit 143
+    try:
+        return _run_handler(args)
+    finally:
+        if previous_sigterm is not None:  # main() called in-process (tests) leaves the caller's handler as it was
+            signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _run_handler(args: argparse.Namespace) -> int:
+    """Run the command; the error boundary: exit codes 2 (bad input), 1 (the disk), 130 (Ctrl-C), 143 (SIGTERM)."""
     try:
         status = args.handler(args)  # None, or an exit status of its own (e.g. a waited-for run that failed)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         if args.verbose:
             raise
-        return _interrupted()
+        return _interrupted(interrupt)
     except Exception as error:
         if not args.verbose and caused_by_interrupt(error):  # Ctrl-C that landed in a library's cleanup
-            return _interrupted()
+            return _interrupted(interrupt_behind(error))
         # One line for every failure a user can cause or meet (autoft.boundary); -v: the traceback.
         known = describe(error)
         if args.verbose or known is None:

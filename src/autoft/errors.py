@@ -51,5 +51,21 @@ def caused_by_interrupt(error: BaseException) -> bool:
     return False
 
 
+def disk_error_behind(error: BaseException, errnos: frozenset[int]) -> OSError | None:
+    """The OSError with one of ``errnos`` behind ``error``: itself, its cause, or the error it interrupted.
+
+    A full disk inside Optuna's trial bookkeeping surfaces as Optuna's own ``AssertionError`` with the
+    ``OSError`` as its context; the disk is still the cause, and the user's fix is the same.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError) and current.errno in errnos:
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite: these hyperparameters diverge (a failed trial, not a user error)."""

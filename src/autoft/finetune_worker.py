@@ -15,6 +15,7 @@ from autoft.contracts import FinetuneJob
 from autoft.curve_file import CURVES_FILE, CurveFile
 from autoft.distributed import die_with_parent
 from autoft.stages import stage_finetune
+from autoft.termination import terminated_exits_143
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m autoft.finetune_worker JOB_FILE (started by torchrun)", file=sys.stderr)
         return 2
     die_with_parent()
+    terminated_exits_143()  # torchrun forwards SIGTERM to its ranks: they unwind like Ctrl-C and exit 143
     job = FinetuneJob.load(args[0])
     stage_finetune(
         validate_config(job.config),

@@ -29,13 +29,15 @@ from autoft.stages import (
     stage_zeroshot,
 )
 from autoft.study_stages import default_storage, stage_create_study, stage_select_best
+from autoft.termination import Terminated, interrupt_behind
 
 RUN_STATUS_FILE = "run_status.json"
 
 
 @contextmanager
 def run_status(run_dir: Path) -> Iterator[None]:
-    """Mark a run folder running, then succeeded, failed or interrupted, so a half-run folder says so."""
+    """Mark a run folder running, then succeeded, failed, interrupted (Ctrl-C) or terminated (SIGTERM), so a
+    half-run folder says so however the run ended."""
     run_dir = Path(run_dir)
     started = datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -51,7 +53,9 @@ def run_status(run_dir: Path) -> Iterator[None]:
     try:
         yield
     except BaseException as error:
-        if caused_by_interrupt(error):
+        if isinstance(interrupt_behind(error), Terminated):
+            mark("terminated", "stopped by SIGTERM (e.g. Kubernetes stopping the pod); the run is incomplete")
+        elif caused_by_interrupt(error):
             mark("interrupted", "stopped by the user (Ctrl-C); the run is incomplete")
         else:
             mark("failed", f"{type(error).__name__}: {error}"[:2000])

@@ -234,6 +234,7 @@ def stage_search(
         max_failed_trials=search.max_failed_trials,
         show_progress=progress,
         callbacks=trial_callbacks,
+        storage=storage,  # a lease on the worker index: a second live worker with it exits with one line
     )
     return count_trials(study)
 

@@ -24,7 +24,7 @@ from torch.optim import AdamW
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 from tqdm.auto import tqdm
 
-from autoft.atomic import atomic_path, atomic_write_text
+from autoft.atomic import atomic_write_text
 from autoft.config import FinetuneConfig
 from autoft.data.images import LabeledImages
 from autoft.data.loaders import (
@@ -42,7 +42,7 @@ from autoft.errors import CheckpointError, ConfigError, NonFiniteLossError
 from autoft.evaluate import autocast_context, metric_value, predict_batches
 from autoft.hparams import Hyperparams
 from autoft.losses import LossBatch, ParameterAnchor, WeightedObjective
-from autoft.models.checkpoint import load_state_dict_file, save_state_dict
+from autoft.models.checkpoint import load_state_dict_file, save_state_dict, save_torch_state
 from autoft.models.classifier import CLIPClassifier
 from autoft.observers import TrainingObserver
 
@@ -280,9 +280,12 @@ def _save_checkpoint(folder: Path, model: torch.nn.Module, payload: dict[str, An
     staging = folder.with_name(folder.name + ".new")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    save_state_dict(model.state_dict(), staging / MODEL_WEIGHTS)
-    with atomic_path(staging / TRAIN_STATE) as tmp:
-        torch.save(payload, tmp)
+    try:
+        save_state_dict(model.state_dict(), staging / MODEL_WEIGHTS)
+        save_torch_state(payload, staging / TRAIN_STATE)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a full disk: free what the failed write took; keep the last
+        raise
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():

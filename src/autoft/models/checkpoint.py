@@ -7,6 +7,8 @@ and ``model_card.json`` (model config name, class names, templates, head mode, p
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +24,45 @@ CARD_FILE = "model_card.json"
 CARD_SCHEMA = "autoft.model_card/v1"
 
 
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def _as_os_error(error: Exception, path: Path) -> OSError | None:
+    """The OSError a torch or safetensors write error hides (a full disk), naming ``path``; None if none.
+
+    torch.save into a Python file raises ``RuntimeError('... unexpected pos ...')`` with the file's
+    ``OSError`` as its context; safetensors only says ``(os error 28)`` in its message.
+    """
+    context = error.__context__
+    if isinstance(context, OSError) and context.errno:
+        return OSError(context.errno, context.strerror, str(path))
+    match = _OS_ERROR.search(str(error))
+    if match:
+        number = int(match.group(1))
+        return OSError(number, os.strerror(number), str(path))
+    return None
+
+
 def save_state_dict(state: dict[str, torch.Tensor], path: Path) -> Path:
     # Clone to break storage sharing (safetensors refuses shared tensors) and move to CPU.
     tensors = {key: value.detach().to("cpu").contiguous().clone() for key, value in state.items()}
     with atomic_path(Path(path)) as tmp:
-        save_file(tensors, str(tmp))
+        try:
+            save_file(tensors, str(tmp))
+        except SafetensorError as error:
+            raise (_as_os_error(error, Path(path)) or error) from None
+    return Path(path)
+
+
+def save_torch_state(payload: dict[str, Any], path: Path) -> Path:
+    """``torch.save`` (tensors and plain values only, loaded back with ``weights_only=True``), atomically;
+    a full disk raises the ``OSError`` (ENOSPC) the CLI reports in one line, not torch's RuntimeError."""
+    with atomic_path(Path(path)) as tmp:
+        try:
+            with open(tmp, "wb") as handle:  # a Python file, so the disk's OSError survives as the context
+                torch.save(payload, handle)
+        except RuntimeError as error:
+            raise (_as_os_error(error, Path(path)) or error) from None
     return Path(path)
 
 

@@ -7,32 +7,41 @@
   only COMPLETE trials ran the full ``inner_steps`` and only they are selected from) and tags every trial
   it runs with its index. A worker that starts again (after ``kill -9``, a crash, or KFP retrying its
   pod) first fails the trials its previous process left RUNNING (``study.tell(..., FAIL,
-  skip_if_finished=True)``), then runs only what its quota still lacks. No worker ever waits for another,
-  so nothing can hang; the total is exact once every worker finishes (a worker that is lost for good
-  fails its pipeline step, and with it the run).
+  skip_if_finished=True)``; also an untagged one, killed between Optuna creating it and the worker
+  tagging it, when no other worker is alive), then runs only what its quota still lacks.
+  No worker ever waits for another, so nothing can hang; the total is exact once every worker finishes
+  (a worker that is lost for good fails its pipeline step, and with it the run).
 - Failures (a NaN loss, an error in the objective) are FAIL, never counted; the worker proposes another
   trial until ``search.max_failed_trials`` genuine failures stop the search with a clear error.
+- Leases (:mod:`autoft.search.lease`): a worker holds its index while it runs, so a second live process
+  with the same index (a pod and its KFP retry, both alive) exits with one line instead of running the
+  share twice.
 - Heartbeats (RDB only, ``search.heartbeat_interval``): Optuna fails the trial of a worker that went
   silent, so dashboards and other workers see it as failed before that worker starts again.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext, suppress
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from autoft.config import SearchConfig
-from autoft.errors import ConfigError, NonFiniteLossError, SearchFailed
+from autoft.errors import ConfigError, NonFiniteLossError, SearchFailed, disk_error_behind
 from autoft.hparams import Hyperparams
+from autoft.search.journal import SafeJournalFileBackend
+from autoft.search.lease import TTL_S as LEASE_TTL_S
+from autoft.search.lease import WorkerConflict, WorkerLease, live_lease_holders
 from autoft.search.space import trial_hparams
 from autoft.urls import check_study_storage, database_url, is_rdb_url, redact_url
 
@@ -73,7 +82,7 @@ def open_storage(storage: str, config: SearchConfig) -> BaseStorage:
             raise ConnectionError(f"cannot open Optuna storage {redact_url(storage)}: {error}") from None
     path = Path(storage)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(path)))
+    return JournalStorage(SafeJournalFileBackend(str(path)))  # torn tails repaired, failed appends rolled back
 
 
 def make_sampler(config: SearchConfig, worker_index: int = 0) -> optuna.samplers.TPESampler:
@@ -159,17 +168,31 @@ def prepare_study(storage: str, config: SearchConfig, workers: int = 1) -> optun
     return study
 
 
-def fail_orphaned_trials(study: optuna.Study, worker_index: int | None = None) -> list[int]:
+def fail_orphaned_trials(study: optuna.Study, worker_index: int | None = None, *, untagged: bool = False) -> list[int]:
     """Mark FAIL the trials left RUNNING (by one worker, or by any when ``worker_index`` is None).
 
     Only for a moment when that worker (or every worker) is known not to run: at its start, before the
-    workers start, or after the run ended. Returns the trial numbers.
+    workers start, or after the run ended. A worker tags its trial just after Optuna creates it, so a
+    worker killed in between leaves an untagged RUNNING trial. With ``untagged`` (workers hold leases,
+    :mod:`autoft.search.lease`) a restarted worker fails those too, unless another worker holds a live
+    lease (the trial may be that worker's, a moment before its tag) and the trial is younger than a
+    lease's lifetime. Returns the trial numbers.
     """
-    orphans = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if worker_index is None or t.user_attrs.get(WORKER_ATTR) == worker_index
-    ]
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    # Leases read AFTER the trials: a worker leases its index before it creates a trial, so the creator of
+    # any trial in `running` is already visible here.
+    others_alive = worker_index is not None and bool(set(live_lease_holders(study)) - {worker_index})
+    cutoff = datetime.now() - timedelta(seconds=LEASE_TTL_S)  # Optuna stores naive local times
+
+    def orphaned(trial: FrozenTrial) -> bool:
+        owner = trial.user_attrs.get(WORKER_ATTR)
+        if worker_index is None or owner == worker_index:
+            return True
+        if owner is not None or not untagged:
+            return False
+        return not others_alive or (trial.datetime_start is not None and trial.datetime_start < cutoff)
+
+    orphans = [t for t in running if orphaned(t)]
     for trial in orphans:
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
         log.warning("trial %d was left RUNNING by a stopped worker: marked FAIL", trial.number)
@@ -198,11 +221,50 @@ def run_worker(
     max_failed_trials: int = 0,
     show_progress: bool = False,
     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+    storage: str | None = None,
 ) -> int:
     """Run this worker's share of the TOTAL budget on the shared study; returns its counted trials.
 
     ``callbacks`` run after every trial (Optuna's callback signature), e.g. to track it in MLflow.
+    With ``storage`` (where ``study`` lives) the worker holds a lease on its index while it runs
+    (:mod:`autoft.search.lease`): a second live process with the same index exits with one line.
     """
+    with WorkerLease(study, storage, worker_index) if storage else nullcontext() as lease:
+        try:
+            return _run_worker(
+                study, objective, budget, worker_index, workers, max_failed_trials, show_progress, callbacks, lease
+            )
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM between Optuna creating a trial and running it leaves the trial RUNNING (Optuna
+            # tells FAIL only around the objective): this process stops, so its trials are orphans now.
+            with suppress(Exception):
+                fail_orphaned_trials(study, worker_index, untagged=lease is not None)
+            raise
+        except Exception as error:
+            # A full disk inside Optuna's bookkeeping ends in Optuna's "Should not reach" assertion with the
+            # OSError as its context: raise the OSError, which the entry points report in one line.
+            disk = disk_error_behind(error, frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}))
+            if disk is not None and disk is not error:
+                raise disk from None
+            conflict = error.__context__
+            while conflict is not None and not isinstance(conflict, WorkerConflict):
+                conflict = conflict.__context__
+            if conflict is not None:  # Optuna could not tell the trial a newer process already failed
+                raise conflict from None
+            raise
+
+
+def _run_worker(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    budget: int,
+    worker_index: int,
+    workers: int,
+    max_failed_trials: int,
+    show_progress: bool,
+    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]],
+    lease: WorkerLease | None,
+) -> int:
     if budget < 1:
         raise ConfigError(f"the trial budget must be >= 1, got {budget}")
     recorded = study.user_attrs.get("workers")
@@ -211,7 +273,7 @@ def run_worker(
             f"study {study.study_name!r} is shared by {recorded} workers, but this one was told {workers}"
         )
     quota = worker_quota(budget, workers, worker_index)
-    fail_orphaned_trials(study, worker_index)  # this worker's previous process, killed mid-trial
+    fail_orphaned_trials(study, worker_index, untagged=lease is not None)  # its previous process's, killed mid-trial
 
     def mine() -> int:
         return sum(1 for t in study.get_trials(deepcopy=False, states=COUNTED_STATES) if _owner(t) == worker_index)
@@ -223,10 +285,14 @@ def run_worker(
 
     def tagged(trial: optuna.Trial) -> float:
         trial.set_user_attr(WORKER_ATTR, worker_index)
+        if lease is not None:
+            lease.check()  # a process that lost its index to another must not run (or count) a trial
         try:
             value = objective(trial)
-        except optuna.TrialPruned:
-            raise
+            if lease is not None:
+                lease.check()
+        except (optuna.TrialPruned, KeyboardInterrupt, WorkerConflict):
+            raise  # pruned, or stopped from outside: not a failure of these hyperparameters
         except BaseException as error:
             trial.set_user_attr(ERROR_ATTR, type(error).__name__)
             raise
