@@ -336,7 +336,15 @@ def test_evaluate_reports_wilds_own_headline_metric(fmow_root: Path, tmp_path: P
 
     config = resolve_config(
         preset="fmow",
-        overrides=[f"data.root={fmow_root}", "device=cpu", "model.pretrained=''", "model.name=autoft-tiny-vit"],
+        overrides=[
+            f"data.root={fmow_root}",
+            "device=cpu",
+            "model.pretrained=''",
+            "model.name=autoft-tiny-vit",
+            # The fake FMoW's training split has 30 images: the preset's batches would not fit (refused at prepare).
+            "data.batch_size=16",
+            "finetune.batch_size=16",
+        ],
     )
     data = stage_prepare(config, tmp_path / "data")
     torch.manual_seed(0)
