@@ -12,7 +12,8 @@ import copy
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -622,11 +623,11 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return " ".join(str(error).split())
 
 
-def parse_yaml(text: str, source: str) -> Any:
-    if len(text) > MAX_YAML_BYTES:
-        raise ConfigError(f"{source} is {len(text)} characters; a config holds at most {MAX_YAML_BYTES} (1 MiB)")
+@contextmanager
+def _yaml_refusals(source: str) -> Iterator[None]:
+    """Every way PyYAML (under our limits) refuses a document, as one ConfigError line naming ``source``."""
     try:
-        return yaml.load(text, Loader=_Loader)
+        yield
     except YamlRefused as error:
         raise ConfigError(f"{source} is refused: {error}") from None
     except yaml.YAMLError as error:
@@ -635,22 +636,21 @@ def parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{source} is refused: nested too deeply") from None
     except ValueError as error:  # e.g. an integer of more digits than Python converts (4300)
         raise ConfigError(f"{source} is refused: {' '.join(str(error).split())}") from None
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{source} is {len(text)} characters; a config holds at most {MAX_YAML_BYTES} (1 MiB)")
+    with _yaml_refusals(source):
+        return yaml.load(text, Loader=_Loader)
 
 
 def parse_yaml_documents(text: str, source: str, max_bytes: int = MAX_YAML_BYTES) -> list[Any]:
     """Every document of a multi-document YAML file (a compiled pipeline), under the same limits."""
     if len(text) > max_bytes:
         raise ConfigError(f"{source} is {len(text)} characters; at most {max_bytes} are read")
-    try:
+    with _yaml_refusals(source):
         return list(yaml.load_all(text, Loader=_Loader))
-    except YamlRefused as error:
-        raise ConfigError(f"{source} is refused: {error}") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{source} is not valid YAML: {_yaml_problem(error)}") from None
-    except RecursionError:
-        raise ConfigError(f"{source} is refused: nested too deeply") from None
-    except ValueError as error:  # e.g. an integer of more digits than Python converts (4300)
-        raise ConfigError(f"{source} is refused: {' '.join(str(error).split())}") from None
 
 
 def split_assignment(item: str, what: str, example: str) -> tuple[str, str]:
