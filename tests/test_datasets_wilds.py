@@ -341,7 +341,7 @@ def test_evaluate_reports_wilds_own_headline_metric(fmow_root: Path, tmp_path: P
             "device=cpu",
             "model.pretrained=''",
             "model.name=autoft-tiny-vit",
-            # The fake FMoW's training split has 30 images: the preset's batches would not fit (refused at prepare).
+            # The fake FMoW's training split has 30 images: batches a fine-tune of it could use.
             "data.batch_size=16",
             "finetune.batch_size=16",
         ],

@@ -100,9 +100,6 @@ def stage_prepare(config: AutoFTConfig, out_dir: Path) -> PreparedData:
     splits.check()
     drawn = draw_ood_val(out_dir, splits, config.data.ood_val, config.ood_val_seed)
     manifests = {**splits.manifests, **drawn.manifests}
-    train_size = len(load_split(out_dir / splits.manifests["id_train"]))
-    check_batch_fits(config.data.batch_size, train_size, "data.batch_size")
-    check_batch_fits(config.finetune.batch_size, train_size, "finetune.batch_size")
     taken = [item.name for item in config.data.eval_sets if item.name in manifests]
     if taken:
         raise ConfigError(
