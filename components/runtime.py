@@ -302,3 +302,44 @@ def open_runs(
         run_name=f"{config.preset}-{run_id[:8]}" if start else None,
         tags=tags or None,
     )
+
+
+def publish_final_model(
+    config: AutoFTConfig,
+    runs: Any,
+    run_id: str,
+    method: str,
+    result: Any,
+    artifacts: tuple[Any, Any, Any, Any],
+    extra: dict[str, Any],
+) -> None:
+    """A method's final model leaves its last step (finetune, or select_grid for ft/flyp) the same way.
+
+    ``artifacts`` = (model, wiseft_model, summary, metrics): both models are logged to MLflow, the method's
+    runs (and its WiSE-FT variant's) end, and the KFP artifacts get their metadata and metrics.
+    A step that fails before this leaves the runs to the exit handler, which ends them FAILED.
+    """
+    model, wiseft_model, summary, metrics = artifacts
+    tags = {"preset": config.preset, "metric": config.metric, "kfp_run_id": run_id}
+    model.metadata["mlflow_model_uri"] = runs.log_model(method, Path(model.path), tags)
+    own = [m for m in (method, f"{method}_wiseft") if m in config.methods]
+    if len(own) == 2:
+        wiseft_model.metadata["mlflow_model_uri"] = runs.log_model(own[1], Path(wiseft_model.path), tags)
+    runs.end_methods(own)
+    model.metadata.update(
+        {
+            "method": method,
+            "best_epoch": result.best_epoch,
+            "best_id_val": result.best_id_val,
+            "hparams": result.hparams.to_dict(),
+            **extra,
+        }
+    )
+    wiseft_model.metadata.update(
+        {"method": f"{method}_wiseft", "wiseft_alpha": result.wiseft.best_alpha, "finetuned_from": method}
+    )
+    summary.metadata.update({"method": method, "seconds": result.seconds})
+    metrics.log_metric("best_id_val", result.best_id_val)
+    metrics.log_metric("best_epoch", result.best_epoch)
+    metrics.log_metric("peak_lr", result.peak_lr)
+    metrics.log_metric("wiseft_alpha", result.wiseft.best_alpha)

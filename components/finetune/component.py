@@ -59,7 +59,7 @@ def finetune(
     from autoft.methods import hparams_source
     from autoft.stages import finetune_hparams, stage_finetune
     from autoft.threads import configure_threads
-    from components.runtime import EpochProgress, load_step_config, move_into, open_runs
+    from components.runtime import EpochProgress, load_step_config, move_into, open_runs, publish_final_model
 
     config = load_step_config(config_yaml, config_overrides, methods)
     configure_threads()
@@ -101,25 +101,12 @@ def finetune(
         move_into(scratch / FinetuneSummary.FILE, Path(summary.path))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    tags = {"preset": config.preset, "metric": config.metric, "kfp_run_id": run_id}
-    model.metadata["mlflow_model_uri"] = runs.log_model(method, Path(model.path), tags)
-    if f"{method}_wiseft" in config.methods:
-        wiseft_model.metadata["mlflow_model_uri"] = runs.log_model(f"{method}_wiseft", Path(wiseft_model.path), tags)
-    runs.end_methods(own)  # a step that fails before this leaves them to the exit handler, which ends them FAILED
-    model.metadata.update(
-        {
-            "method": method,
-            "best_epoch": result.best_epoch,
-            "best_id_val": result.best_id_val,
-            "hparams": result.hparams.to_dict(),
-            "seconds": result.seconds,
-        }
+    publish_final_model(
+        config,
+        runs,
+        run_id,
+        method,
+        result,
+        (model, wiseft_model, summary, finetune_metrics),
+        {"seconds": result.seconds},
     )
-    wiseft_model.metadata.update(
-        {"method": f"{method}_wiseft", "wiseft_alpha": result.wiseft.best_alpha, "finetuned_from": method}
-    )
-    summary.metadata.update({"method": method, "seconds": result.seconds})
-    finetune_metrics.log_metric("best_id_val", result.best_id_val)
-    finetune_metrics.log_metric("best_epoch", result.best_epoch)
-    finetune_metrics.log_metric("peak_lr", result.peak_lr)
-    finetune_metrics.log_metric("wiseft_alpha", result.wiseft.best_alpha)

@@ -46,7 +46,7 @@ def select_grid(
 
     from autoft.baselines import stage_select_grid
     from autoft.contracts import FinetuneSummary
-    from components.runtime import load_step_config, move_into, open_runs
+    from components.runtime import load_step_config, move_into, open_runs, publish_final_model
 
     config = load_step_config(config_yaml, config_overrides, methods)
     scratch = Path(tempfile.mkdtemp(prefix=f"autoft-select-grid-{method}-"))
@@ -58,30 +58,16 @@ def select_grid(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     runs = open_runs(config, mlflow_tracking_uri, output_dir, run_id)
-    tags = {"preset": config.preset, "metric": config.metric, "kfp_run_id": run_id}
-    model.metadata["mlflow_model_uri"] = runs.log_model(method, Path(model.path), tags)
-    if f"{method}_wiseft" in config.methods:
-        wiseft_model.metadata["mlflow_model_uri"] = runs.log_model(f"{method}_wiseft", Path(wiseft_model.path), tags)
     runs.log(
         runs.method_run(method),
         params={f"grid/lr{p.lr:g}/best_id_val": f"{p.best_id_val:.4f}" for p in result.grid},
     )
-    model.metadata.update(
-        {
-            "method": method,
-            "best_epoch": result.best_epoch,
-            "best_id_val": result.best_id_val,
-            "hparams": result.hparams.to_dict(),
-            "lr_grid": [p.lr for p in result.grid],
-        }
+    publish_final_model(
+        config,
+        runs,
+        run_id,
+        method,
+        result,
+        (model, wiseft_model, summary, finetune_metrics),
+        {"lr_grid": [p.lr for p in result.grid]},
     )
-    wiseft_model.metadata.update(
-        {"method": f"{method}_wiseft", "wiseft_alpha": result.wiseft.best_alpha, "finetuned_from": method}
-    )
-    summary.metadata.update({"method": method, "seconds": result.seconds})
-    finetune_metrics.log_metric("best_id_val", result.best_id_val)
-    finetune_metrics.log_metric("best_epoch", result.best_epoch)
-    finetune_metrics.log_metric("peak_lr", result.peak_lr)
-    finetune_metrics.log_metric("wiseft_alpha", result.wiseft.best_alpha)
-    # The method's last step: its runs (and its WiSE-FT variant's) end here, as finetune's do.
-    runs.end_methods([m for m in (method, f"{method}_wiseft") if m in config.methods])
