@@ -260,20 +260,6 @@ class EpochProgress:
         report_progress(self.bar, self.total)
 
 
-class PrefixedCurves:
-    """A training observer that files one grid point's curves under its own name (``lr0.001/loss``), so the
-    grid's points, trained side by side, do not interleave in their method's MLflow run."""
-
-    def __init__(self, inner: Any, prefix: str) -> None:
-        self.inner, self.prefix = inner, prefix
-
-    def on_step(self, step: int, values: Any) -> None:
-        self.inner.on_step(step, {f"{self.prefix}/{name}": value for name, value in values.items()})
-
-    def on_epoch(self, epoch: int, values: Any) -> None:
-        self.inner.on_epoch(epoch, {f"{self.prefix}/{name}": value for name, value in values.items()})
-
-
 # The methods whose model the gate can promote to the registry (the register step wires these two).
 CANDIDATE_METHODS = ("autoft", "autoft_wiseft")
 

@@ -69,11 +69,12 @@ TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
 TAG_GIT_COMMIT = "mlflow.source.git.commit"
 TAG_SOURCE = "mlflow.source.name"
-TAG_ROLE = "autoft.role"  # pipeline | method | trial
+TAG_ROLE = "autoft.role"  # pipeline | method | trial | grid_point
 TAG_KFP_RUN_ID = "autoft.kfp_run_id"
 TAG_PIPELINE_RUN = "autoft.pipeline_run_id"
 TAG_METHOD = "autoft.method"
 TAG_TRIAL = "autoft.trial"
+TAG_GRID_POINT = "autoft.grid_point"
 TAG_TRIALS_TABLE = "autoft.trials_table"
 TRIALS_TABLE = PurePosixPath("search/trials.csv")  # in a searched method's run: one row per trial
 # The UI's Source column: what produced the run.
@@ -324,7 +325,35 @@ class PipelineRuns:
         return run.info.run_id
 
     def training_observer(self, method: str) -> TrainingCurves:
-        return TrainingCurves(self, self.method_run(method))
+        return self.curves_of(self.method_run(method))
+
+    def curves_of(self, run_id: str) -> TrainingCurves:
+        """A TrainingObserver that files training curves in run ``run_id``."""
+        return TrainingCurves(self, run_id)
+
+    def grid_point_run(self, method: str, point: str) -> str:
+        """One lr grid point of a conventional baseline (ft, flyp): a nested run of its method's run, RUNNING.
+
+        Its curves live there, not in the method run, so the method runs compared side by side show the same
+        headline metrics (the grid's per-point curves would otherwise crowd them); a retried step finds it again.
+        """
+        key = {TAG_PIPELINE_RUN: self.parent_id, TAG_METHOD: method, TAG_ROLE: "grid_point", TAG_GRID_POINT: point}
+        found = _find_tagged(self.client, self.experiment_id, key)
+        if found:
+            if self.client.get_run(found).info.status != "RUNNING":
+                self.client.update_run(found, status="RUNNING")
+            return found
+        tags = {TAG_PARENT: self.method_run(method), **key, **SOURCE_TAGS}
+        return self.client.create_run(self.experiment_id, run_name=f"{method} {point}", tags=tags).info.run_id
+
+    def end_grid_point(self, run_id: str, lr: float, best_id_val: float, best_epoch: int, epochs_run: int) -> None:
+        """The grid point's outcome as its run's params and metrics; the run ends FINISHED."""
+        self.log(
+            run_id,
+            params={"lr": lr},
+            metrics={"best_id_val": best_id_val, "best_epoch": float(best_epoch), "epochs_run": float(epochs_run)},
+        )
+        self.client.set_terminated(run_id, "FINISHED")
 
     # -- values ------------------------------------------------------------------------------------
 

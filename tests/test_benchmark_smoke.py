@@ -42,9 +42,14 @@ def test_results_follow_the_schema(smoke_run: tuple[Results, Path]) -> None:
             assert 0.0 <= value <= 1.0, (method, value)
         assert row.ood_avg == pytest.approx(np.mean(list(row.ood.values())))
         assert (row.wiseft_alpha is not None) == method.endswith("_wiseft")
-    for method in ("ft", "flyp", "autoft", "ft_oodval"):
+    assert sorted(results.search) == ["autoft", "ft_oodval"]  # ft and flyp are grid fine-tunes, not searches
+    for method in ("autoft", "ft_oodval"):
         search = results.search[method]
         assert search.trials_complete == 3 and 0.0 <= search.best_value <= 1.0
+    for method in ("ft", "flyp"):
+        grid = results.methods[method].lr_grid
+        assert sorted(p.lr for p in grid) == resolve_config(preset="smoke").baselines.lr_grid
+        assert results.methods[method].hparams.lr in [p.lr for p in grid]
     assert results.methods["autoft"].hparams.weights["ce"] == 1.0
     # The control reuses AutoFT's lr and wd with cross-entropy only.
     control, autoft = results.methods["autoft_ce"].hparams, results.methods["autoft"].hparams

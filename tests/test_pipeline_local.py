@@ -120,6 +120,15 @@ def test_mlflow_holds_the_run_tree(whole_run: tuple[Path, Results]) -> None:
         assert methods.loc[method, "metrics.id_test"] == pytest.approx(results.methods[method].id_test)
     trials = runs[runs["tags.autoft.role"] == "trial"]
     assert len(trials) == 2 and set(trials["tags.mlflow.parentRunId"]) == {methods.loc["autoft", "run_id"]}
+    # Each lr of ft's grid is a nested run of ft's run, holding that point's curves and outcome.
+    points = runs[(runs["tags.autoft.role"] == "grid_point") & (runs["tags.autoft.method"] == "ft")]
+    assert set(points["tags.mlflow.parentRunId"]) == {methods.loc["ft", "run_id"]}
+    assert sorted(points["params.lr"].astype(float)) == sorted(p.lr for p in results.methods["ft"].lr_grid)
+    assert set(points["status"]) == {"FINISHED"} and points["metrics.best_id_val"].notna().all()
+    epoch_curves = [column for column in points.columns if column.startswith("metrics.epoch/")]
+    assert epoch_curves and points[epoch_curves].notna().any(axis=1).all(), "each point holds its epoch curves"
+    ft_metrics = [k for k, v in methods.loc["ft"].items() if k.startswith("metrics.") and not pd.isna(v)]
+    assert not [k for k in ft_metrics if re.match(r"metrics\.(epoch|train)/lr\d", k)], "no grid curves in ft's run"
     # Each method run spans its own steps (zero-shot model; create study to fine-tune), not the whole pipeline.
     assert methods.loc["zeroshot", "end_time"] <= methods.loc["autoft", "start_time"]
     assert methods.loc["autoft", "end_time"] == methods.loc["autoft_wiseft", "end_time"] < pipeline["end_time"].iloc[0]

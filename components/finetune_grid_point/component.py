@@ -53,7 +53,7 @@ def finetune_grid_point(
     from autoft.durable import CHECKPOINT_ROOT_ENV, DurableCheckpoints
     from autoft.stages import stage_finetune
     from autoft.threads import configure_threads
-    from components.runtime import EpochProgress, PrefixedCurves, load_step_config, move_into, open_runs
+    from components.runtime import EpochProgress, load_step_config, move_into, open_runs
 
     config = load_step_config(config_yaml, config_overrides, methods)
     configure_threads(parallel=None)  # the grid's points run side by side where they share a machine
@@ -63,9 +63,8 @@ def finetune_grid_point(
     runs = open_runs(config, mlflow_tracking_uri, output_dir, run_id)
     # The grid's points are the method's first steps: its runs span them up to select_grid's end.
     runs.start_methods([m for m in (method, f"{method}_wiseft") if m in config.methods])
-    curves = EpochProgress(
-        PrefixedCurves(runs.training_observer(method), name), f"fine-tune {method} {name}", config.finetune.epochs
-    )
+    point_run = runs.grid_point_run(method, name)  # a nested run of the method's: this point's curves
+    curves = EpochProgress(runs.curves_of(point_run), f"fine-tune {method} {name}", config.finetune.epochs)
     scratch = Path(tempfile.mkdtemp(prefix=f"autoft-grid-{method}-{name}-"))
     base = (
         checkpoint_root
@@ -95,6 +94,7 @@ def finetune_grid_point(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     point.metadata.update({"method": method, "lr": lr, "best_id_val": result.best_id_val, "seconds": result.seconds})
+    runs.end_grid_point(point_run, lr, result.best_id_val, result.best_epoch, len(result.history))
     point_metrics.log_metric("lr", lr)
     point_metrics.log_metric("best_id_val", result.best_id_val)
     point_metrics.log_metric("best_epoch", result.best_epoch)
